@@ -1,0 +1,91 @@
+"""Reading and writing weight files safely: safetensors, or torch files through ``weights_only=True``."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping, Union
+
+import torch
+from torch import nn
+
+__all__ = ["load_state_dict_file", "load_checkpoint", "save_state_dict_file", "CheckpointMismatchError"]
+
+PathLike = Union[str, os.PathLike]
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint's tensors do not fit the model (missing, unexpected or mis-shaped keys)."""
+
+
+def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or (never unpickling code) a torch ``.pth``/``.pt``/``.bin`` file.
+
+    Torch files that wrap the weights in ``{"state_dict": ...}``, ``{"model": ...}`` or
+    ``{"model_dict": ...}`` are unwrapped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} could not be read as a weights-only torch file ({exc}). Files that need arbitrary "
+            "unpickling are refused; re-save the tensors with safetensors."
+        ) from exc
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a flat mapping of tensor names to tensors")
+    return dict(obj)
+
+
+def save_state_dict_file(state_dict: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str] = None) -> None:
+    """Write ``state_dict`` as safetensors atomically (temporary file, fsync, rename)."""
+    from safetensors.torch import save_file
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=dict(metadata or {}))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(model: nn.Module, path: PathLike) -> None:
+    """Load a weights file into ``model`` strictly; any mismatch raises :class:`CheckpointMismatchError`.
+
+    Shapes are checked before anything is copied, so a failed load leaves the model untouched.
+    """
+    state = load_state_dict_file(path)
+    own = model.state_dict()
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if shape_errors or missing or unexpected:
+        lines = [f"checkpoint {path} does not fit {type(model).__name__}:"]
+        if shape_errors:
+            lines.append("  mismatched shapes: " + "; ".join(shape_errors[:10]))
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:10]))
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+        lines.append("  (a different variant, band count or class count? build the model to match the checkpoint)")
+        raise CheckpointMismatchError("\n".join(lines))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,39 @@
+"""Four-direction cross-scan of a 2-D map and its adjoint, the cross-merge.
+
+SS2D reads a (B, C, H, W) map as four 1-D sequences of length L = H*W:
+row-major, column-major, and both of those reversed. ``cross_merge`` maps the four
+per-direction outputs back to row-major order and sums them; it is the adjoint
+(transpose) of ``cross_scan``, so autograd through either is exact.
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["cross_scan", "cross_merge", "NUM_DIRECTIONS"]
+
+NUM_DIRECTIONS = 4
+
+
+def cross_scan(x: torch.Tensor) -> torch.Tensor:
+    """Unfold a (B, C, H, W) map into the four scan orders, shape (B, 4, C, H*W).
+
+    Direction 0 is row-major, 1 column-major, 2 and 3 are 0 and 1 reversed.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"cross_scan expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
+    rows = x.flatten(2)
+    cols = x.transpose(2, 3).flatten(2)
+    forward = torch.stack((rows, cols), dim=1)
+    return torch.cat((forward, forward.flip(-1)), dim=1)
+
+
+def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Sum four per-direction sequences (B, 4, C, H*W) back into row-major order (B, C, H*W)."""
+    if ys.dim() != 4 or ys.shape[1] != NUM_DIRECTIONS or ys.shape[-1] != height * width:
+        raise ValueError(
+            f"cross_merge expects (B, 4, C, {height}*{width}) sequences, got shape {tuple(ys.shape)}"
+        )
+    b, _, c, length = ys.shape
+    pair = ys[:, :2] + ys[:, 2:].flip(-1)
+    cols_as_rows = pair[:, 1].reshape(b, c, width, height).transpose(2, 3).reshape(b, c, length)
+    return pair[:, 0] + cols_as_rows
