@@ -28,6 +28,11 @@ from .ssm_init import init_a_log, init_dt_projection
 __all__ = ["SS2D", "CrossSS2D"]
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    # the SSM's parameters (A, D, Δ bias) are used in fp32 even under bf16 autocast; fp64 stays fp64
+    return t if t.dtype == torch.float64 else t.float()
+
+
 class SS2D(nn.Module):
     """Four-direction 2-D selective scan (VMamba's SS2D) over channels-last features.
 
@@ -98,7 +103,7 @@ class SS2D(nn.Module):
         return self.act(self.conv2d(u.permute(0, 3, 1, 2)))
 
     def _state_matrix(self) -> torch.Tensor:
-        return -torch.exp(self.A_logs.float())
+        return -torch.exp(_at_least_fp32(self.A_logs))
 
     def _scan(self, xs: torch.Tensor, dt_low: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
               Cs: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -111,8 +116,8 @@ class SS2D(nn.Module):
             A,
             Bs.contiguous(),
             Cs.contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            _at_least_fp32(self.Ds),
+            delta_bias=_at_least_fp32(self.dt_projs_bias.reshape(-1)),
             delta_softplus=True,
             backend=self.scan_backend,
         )
@@ -156,7 +161,7 @@ class CrossSS2D(SS2D):
 
     def _state_matrix(self) -> torch.Tensor:
         # A of the exchanged scan: the mean of the two streams' A (not of their logs)
-        return -0.5 * (torch.exp(self.A_logs.float()) + torch.exp(self.A_logs_fused.float()))
+        return -0.5 * (torch.exp(_at_least_fp32(self.A_logs)) + torch.exp(_at_least_fp32(self.A_logs_fused)))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Mix stream ``x`` (B, H, W, D) using fused stream ``z`` (same shape); returns x's shape."""
