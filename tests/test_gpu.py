@@ -1,0 +1,56 @@
+"""GPU checks (skipped without CUDA): the mamba-ssm backend and the whole model on the device.
+
+Run on a GPU machine with ``python -m pytest -m gpu``.
+"""
+import pytest
+import torch
+
+from m3amba.ops.selective_scan import available_backends, selective_scan_fn
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _inputs(batch, dim, length, dstate, groups, dtype, seed):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s, scale=1.0, dt=dtype: (torch.randn(*s, generator=g, device="cuda") * scale).to(dt).requires_grad_(True)
+    A = (-torch.exp(torch.randn(dim, dstate, generator=g, device="cuda") * 0.5)).requires_grad_(True)
+    return [r(batch, dim, length), r(batch, dim, length, scale=0.5), A, r(batch, groups, dstate, length),
+            r(batch, groups, dstate, length), r(dim, dt=torch.float32), r(batch, dim, length),
+            r(dim, scale=0.5, dt=torch.float32)]
+
+
+def _rel(x, ref):
+    return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("backend", ["mamba", "torch"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("length", [1, 37, 1024])
+def test_gpu_backend_matches_reference(backend, dtype, tol, length):
+    if backend not in available_backends("cuda"):
+        pytest.skip(f"{backend} backend not available here")
+    args = _inputs(2, 64, length, 16, 4, dtype, seed=length)
+    ref_args = [a.detach().double().requires_grad_(True) for a in args]
+    call = lambda b, a: selective_scan_fn(a[0], a[1], a[2], a[3], a[4], a[5], z=a[6], delta_bias=a[7],
+                                          delta_softplus=True, backend=b)
+    y_ref = call("reference", ref_args)
+    dy = torch.randn_like(y_ref)
+    g_ref = torch.autograd.grad(y_ref, ref_args, dy)
+    y = call(backend, args)
+    assert torch.isfinite(y).all()
+    g = torch.autograd.grad(y, args, dy.to(y.dtype))
+    assert _rel(y, y_ref) < tol
+    for name, a, b in zip("u delta A B C D z bias".split(), g, g_ref):
+        assert _rel(a, b) < tol * 10 if dtype != torch.float32 else _rel(a, b) < tol, name
+
+
+def test_model_forward_backward_on_gpu():
+    import m3amba
+    model = m3amba.create_model("m3amba_tiny_noclip", in_chans=(13, 1), num_classes=6).cuda()
+    x1, x2 = torch.randn(4, 13, 32, 32, device="cuda"), torch.randn(4, 1, 32, 32, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model.forward_all(x1, x2)
+    loss = sum(o.float().square().mean() for o in out[:3])
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
