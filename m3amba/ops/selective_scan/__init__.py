@@ -1,0 +1,45 @@
+"""Selective scan (Mamba's S6 recurrence) with pluggable backends.
+
+Use :func:`selective_scan_fn`; it dispatches to a registered backend:
+
+* ``"torch"`` – chunked pure-PyTorch scan, fast and stable on any device
+  (the default on CPU);
+* ``"reference"`` – the sequential definition, used to test the others;
+* ``"mamba"`` – mamba-ssm's CUDA kernel, when its extension can be imported.
+
+Other modules add GPU kernels with :func:`register_backend`.  Choose a
+backend per call (``backend=``), per block (:func:`use_backend`) or per
+process (environment variable ``M3AMBA_SCAN_BACKEND``).
+"""
+
+from ._dispatch import (
+    BACKEND_ENV_VAR,
+    available_backends,
+    get_backend_name,
+    register_backend,
+    resolve_backend,
+    selective_scan_fn,
+    unregister_backend,
+    use_backend,
+)
+from .chunked import selective_scan_chunked
+from .mamba_cuda import mamba_available, selective_scan_mamba
+from .reference import selective_scan_ref
+
+register_backend("reference", selective_scan_ref, priority=0, replace=True)
+register_backend("torch", selective_scan_chunked, priority=10, replace=True)
+# mamba-ssm's kernel first when it can be imported (checked lazily, on the first CUDA call)
+register_backend("mamba", selective_scan_mamba, supports=mamba_available, priority=30, replace=True)
+
+__all__ = [
+    "BACKEND_ENV_VAR",
+    "available_backends",
+    "get_backend_name",
+    "register_backend",
+    "resolve_backend",
+    "selective_scan_chunked",
+    "selective_scan_fn",
+    "selective_scan_ref",
+    "unregister_backend",
+    "use_backend",
+]
