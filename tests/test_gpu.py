@@ -20,7 +20,9 @@ def _inputs(batch, dim, length, dstate, groups, dtype, seed):
 
 
 def _rel(x, ref):
-    return ((x.double() - ref).norm() / ref.norm()).item()
+    # a gradient that is exactly zero in the reference (dA at L = 1: h_0 = 0) is compared absolutely
+    diff = (x.double() - ref).norm()
+    return (diff / ref.norm()).item() if ref.norm() > 0 else diff.item()
 
 
 @pytest.mark.parametrize("backend", ["mamba", "torch"])
@@ -41,7 +43,7 @@ def test_gpu_backend_matches_reference(backend, dtype, tol, length):
     g = torch.autograd.grad(y, args, dy.to(y.dtype))
     assert _rel(y, y_ref) < tol
     for name, a, b in zip("u delta A B C D z bias".split(), g, g_ref):
-        assert _rel(a, b) < tol * 10 if dtype != torch.float32 else _rel(a, b) < tol, name
+        assert _rel(a, b) < tol, name
 
 
 def test_model_forward_backward_on_gpu():
