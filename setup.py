@@ -15,8 +15,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["m3amba", "m3amba.*"]),
-    package_data={"m3amba.models": ["configs/*.json"]},
+    # the top-level weights/ folder (manifest, model cards, small weight files) ships as m3amba/weights/
+    packages=find_packages(include=["m3amba", "m3amba.*"]) + ["m3amba.weights"],
+    package_dir={"m3amba.weights": "weights"},
+    package_data={
+        "m3amba.models": ["configs/*.json"],
+        "m3amba.weights": ["manifest.json", "*.md", "*/README.md", "*/config.json", "*/*.safetensors"],
+    },
     install_requires=[
         "torch>=2.1",
         "torchvision",
@@ -28,8 +33,12 @@ setup(
     ],
     extras_require={
         "cuda": ["mamba-ssm>=2.2"],
-        "train": ["tqdm", "numpy"],
-        "test": ["pytest>=7", "hypothesis>=6", "numpy"],
+        "train": ["tqdm", "numpy", "pyyaml"],
+        "data": ["numpy", "scipy", "h5py"],
+        "plot": ["matplotlib"],
+        "tensorboard": ["tensorboard"],
+        "geotiff": ["rasterio"],
+        "test": ["pytest>=7", "hypothesis>=6", "numpy", "scipy", "h5py", "pyyaml", "tqdm"],
     },
     entry_points={"console_scripts": ["m3amba=m3amba.cli:main"]},
     classifiers=[

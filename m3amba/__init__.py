@@ -9,6 +9,9 @@ Quick start::
 """
 from . import models as _models  # noqa: F401  (registers the variants)
 from ._builder import PretrainedWeightsNotFound, create_model
+from ._hub import ResolvedWeights, WeightsIntegrityError, resolve_pretrained, resolve_weights
+from ._manifest import read_manifest, register_manifest
+from ._pretrained_io import load_pretrained_dir, manifest_entry, push_to_hub, save_pretrained
 from ._checkpoint import CheckpointMismatchError, load_checkpoint, load_state_dict_file, save_state_dict_file
 from ._pretrained import PretrainedCfg
 from ._registry import (
@@ -28,4 +31,6 @@ __all__ = [
     "PretrainedWeightsNotFound", "__version__", "create_model", "get_pretrained_cfg", "is_model",
     "list_models", "list_pretrained", "load_checkpoint", "load_state_dict_file", "model_entrypoint",
     "register_model", "register_pretrained_cfg", "save_state_dict_file",
+    "ResolvedWeights", "WeightsIntegrityError", "load_pretrained_dir", "manifest_entry", "push_to_hub",
+    "read_manifest", "register_manifest", "resolve_pretrained", "resolve_weights", "save_pretrained",
 ]
