@@ -1,4 +1,5 @@
-"""The ``m3amba`` command line: ``list``, ``info``, ``check`` and ``convert``."""
+"""The ``m3amba`` command line: ``list``, ``info``, ``check``, ``convert``, ``train``, ``evaluate``,
+``predict`` and ``demo``."""
 from __future__ import annotations
 
 import argparse
@@ -106,6 +107,159 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- training / evaluation / prediction ---------------------------------------------------------
+def _train_overrides(args: argparse.Namespace) -> dict:
+    over: dict = {"train": {}}
+    if args.epochs is not None:
+        over["train"]["epochs"] = args.epochs
+    if getattr(args, "device", None):
+        over["train"]["device"] = args.device
+    if getattr(args, "seed", None) is not None:
+        over["train"]["seed"] = args.seed
+    return over
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from m3amba.data import DataNotFoundError
+    from m3amba.train import load_config, train
+    cfg = load_config(args.config, _train_overrides(args))
+    start = time.perf_counter()
+    try:
+        train(cfg, args.out, resume=args.resume, quiet=args.quiet, data_dir=args.data_dir, stop_after=args.stop_after)
+    except DataNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"run folder: {args.out} ({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+def _load_for_inference(args: argparse.Namespace):
+    from m3amba.train import build_scene, load_trained
+    device = args.device or ("cuda" if _cuda_available() else "cpu")
+    tm = load_trained(args.checkpoint, device=device, use_ema=False if args.no_ema else None)
+    scene = build_scene(tm.config["data"], args.data_dir)
+    if list(scene.class_names) != list(tm.class_names):
+        raise SystemExit(f"the scene's classes {scene.class_names} differ from the checkpoint's {tm.class_names}")
+    return tm, scene
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from m3amba.metrics import format_metrics
+    from m3amba.train import evaluate, resolve_checkpoint
+    tm, scene = _load_for_inference(args)
+    ec = tm.config["eval"]
+    m = evaluate(tm.model, scene, tm.norm, args.split, args.window or ec["window"], args.stride or ec["stride"],
+                 ec["batch_size"], tm.device, tm.config["train"].get("amp", True), progress=not args.quiet and sys.stderr.isatty())
+    m["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
+    m["epoch"] = tm.epoch
+    print(f"{scene.name}, {args.split} split, checkpoint epoch {tm.epoch}")
+    print(format_metrics(m, m["expected_count"]))
+    out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint) / f"metrics_{args.split}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(m, indent=2))
+    print(f"wrote {out}")
+    return 0 if m["count"] == m["expected_count"] else 1
+
+
+def write_map(path, class_map, class_names, title: str = "") -> list:
+    """Write an (H, W) map of class ids 1..K as .npy, .png (needs matplotlib) or .tif (needs rasterio)."""
+    import numpy as np
+    from pathlib import Path
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        np.save(path, class_map)
+    elif suffix == ".png":
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+            from matplotlib.colors import ListedColormap
+            from matplotlib.patches import Patch
+        except ImportError:
+            raise SystemExit("PNG maps need matplotlib (pip install 'm3amba[plot]'); write a .npy instead") from None
+        k = len(class_names)
+        colours = plt.get_cmap("tab20" if k > 10 else "tab10")(np.arange(k))
+        fig, ax = plt.subplots(figsize=(8, 8 * class_map.shape[0] / max(class_map.shape[1], 1) + 1))
+        ax.imshow(class_map - 1, cmap=ListedColormap(colours), vmin=-0.5, vmax=k - 0.5, interpolation="nearest")
+        ax.set_axis_off()
+        if title:
+            ax.set_title(title)
+        ax.legend(handles=[Patch(color=colours[i], label=n) for i, n in enumerate(class_names)],
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    elif suffix in (".tif", ".tiff"):
+        try:
+            import rasterio
+        except ImportError:
+            raise SystemExit("GeoTIFF maps need rasterio; write a .npy or .png instead") from None
+        with rasterio.open(path, "w", driver="GTiff", height=class_map.shape[0], width=class_map.shape[1],
+                           count=1, dtype="uint16") as dst:  # no georeferencing is attached
+            dst.write(class_map.astype("uint16"), 1)
+    else:
+        raise SystemExit(f"unknown map format {suffix!r}: use .npy, .png or .tif")
+    return [str(path)]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from m3amba.train import predict_scene
+    tm, scene = _load_for_inference(args)
+    ec = tm.config["eval"]
+    start = time.perf_counter()
+    logits, counts = predict_scene(tm.model, scene, tm.norm, args.window or ec["window"], args.stride or ec["stride"],
+                                   ec["batch_size"], tm.device, tm.config["train"].get("amp", True),
+                                   progress=not args.quiet and sys.stderr.isatty())
+    class_map = (logits.argmax(0) + 1).numpy().astype("uint16")  # 1..K, the label-map convention
+    h, w = scene.shape
+    print(f"predicted {class_map.size} of {h * w} pixels ({h} x {w}; every pixel averaged over "
+          f"{int(counts.min())}..{int(counts.max())} windows) in {time.perf_counter() - start:.1f}s")
+    for out in args.out:
+        write_map(out, class_map, tm.class_names, title=f"{scene.name}: M3amba prediction")
+        print(f"wrote {out}")
+    if args.save_logits:
+        import numpy as np
+        np.save(args.save_logits, logits.numpy())
+        print(f"wrote {args.save_logits}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from m3amba.data import DataNotFoundError, find_eolearn_dir
+    from m3amba.train import DEMO_CONFIG, merge_config, train
+    try:
+        data_dir = find_eolearn_dir(args.data_dir)
+    except DataNotFoundError as exc:
+        print(f"m3amba demo needs the eo-learn Slovenia example patch. {exc}", file=sys.stderr)
+        return 2
+    cfg = merge_config(DEMO_CONFIG, _train_overrides(args))
+    out = Path(args.out)
+    print(f"demo: training {cfg['model']['name']} {cfg['model']['args']} on {data_dir} for "
+          f"{cfg['train']['epochs']} epochs into {out}")
+    start = time.perf_counter()
+    summary = train(cfg, out, quiet=args.quiet, data_dir=data_dir)
+    t_train = time.perf_counter() - start
+    m = summary["test"]
+    predict_args = argparse.Namespace(checkpoint=str(out), data_dir=str(data_dir), device=args.device, no_ema=False,
+                                      window=None, stride=None, quiet=args.quiet, save_logits=None,
+                                      out=[str(out / "map.npy")] + ([str(out / "map.png")] if _has("matplotlib") else []))
+    _cmd_predict(predict_args)
+    print(f"demo done in {time.perf_counter() - start:.1f}s (training + test evaluation {t_train:.1f}s): "
+          f"OA {100 * m['oa']:.2f}%  AA {100 * m['aa']:.2f}%  kappa {m['kappa']:.4f} on {m['count']} test pixels "
+          f"(expected {m['expected_count']})")
+    return 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``m3amba`` command."""
     parser = argparse.ArgumentParser(prog="m3amba", description="M3amba model zoo command line.")
@@ -135,6 +289,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="folder for model.safetensors and config.json")
     p.add_argument("--non-strict", action="store_true", help="warn about unknown reference keys instead of failing")
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("train", help="train on a scene from a YAML/JSON config (torchrun for several GPUs)")
+    p.add_argument("--config", required=True, help="e.g. configs/eolearn_tiny.yaml")
+    p.add_argument("--data-dir", default=None, help="folder of the data set's files (overrides the config)")
+    p.add_argument("--out", default="runs/train", help="run folder (checkpoints, logs, metrics)")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's, auto)")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's newest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                   help="stop after this epoch (checkpoint written; continue later with --resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    for name, helptext in (("evaluate", "OA / AA / kappa / per-class accuracy of a checkpoint on the test pixels"),
+                           ("predict", "predict the whole scene's class map with a checkpoint")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+        p.add_argument("--data-dir", default=None, help="folder of the data set's files (default: as trained)")
+        p.add_argument("--device", default=None)
+        p.add_argument("--window", type=int, default=None, help="sliding-window side (default: the config's)")
+        p.add_argument("--stride", type=int, default=None, help="sliding-window step (default: the config's)")
+        p.add_argument("--no-ema", action="store_true", help="use the raw weights even where EMA weights exist")
+        p.add_argument("--quiet", action="store_true")
+        if name == "evaluate":
+            p.add_argument("--split", default="test", choices=("test", "val", "train"))
+            p.add_argument("--out", default=None, help="metrics JSON (default: metrics_<split>.json in the checkpoint)")
+            p.set_defaults(func=_cmd_evaluate)
+        else:
+            p.add_argument("--out", nargs="+", required=True, help="map.npy (ids 1..K), map.png (matplotlib), map.tif (rasterio)")
+            p.add_argument("--save-logits", default=None, help="also write the (K, H, W) averaged logits as .npy")
+            p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="train a tiny model on the eo-learn Slovenia patch, evaluate, predict")
+    p.add_argument("--data-dir", default=None, help="folder with s2_l1c.npy, dem.npy, lulc.npy")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

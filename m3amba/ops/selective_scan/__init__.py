@@ -28,6 +28,10 @@ from .reference import selective_scan_ref
 
 register_backend("reference", selective_scan_ref, priority=0, replace=True)
 register_backend("torch", selective_scan_chunked, priority=10, replace=True)
+
+from .triton_scan import selective_scan_triton, triton_supported  # noqa: E402  (imports triton lazily/defensively)
+
+register_backend("triton", selective_scan_triton, supports=triton_supported, priority=20, replace=True)
 # mamba-ssm's kernel first when it can be imported (checked lazily, on the first CUDA call)
 register_backend("mamba", selective_scan_mamba, supports=mamba_available, priority=30, replace=True)
 
