@@ -1,0 +1,494 @@
+"""Training, checkpoint/resume, evaluation and whole-scene prediction.
+
+A run folder holds::
+
+    config.json                      the resolved configuration
+    log.csv, log.jsonl               one row per epoch (TensorBoard events too, if installed)
+    checkpoints/epoch_0003/          one folder per epoch, written atomically:
+        model.safetensors              model weights (the frozen CLIP tower is never stored)
+        ema.safetensors                EMA weights (when train.ema_decay > 0)
+        state.pt                       torch.save of plain tensors/dicts: optimiser, scheduler, RNG
+                                       states, epoch, step, normalisation stats, class names, model
+                                       and run config (read back with torch.load(weights_only=True))
+    checkpoints/LATEST               the name of the newest complete checkpoint folder
+    metrics_test.json                test metrics of the final model
+
+A checkpoint folder is first written as ``.tmp-...`` (every file fsynced), then renamed into place,
+and only then is ``LATEST`` replaced (temporary file, fsync, rename): a crash leaves either the
+previous or the new checkpoint, never a half-written one.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._checkpoint import load_checkpoint, load_state_dict_file, save_state_dict_file
+from ..data import NormStats, Scene, TrainWindows, compute_norm_stats, sliding_window_logits
+from ..metrics import classification_metrics, format_metrics
+from .config import load_config, merge_config
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .loss import M3ambaLoss
+
+__all__ = ["train", "build_scene", "build_model", "load_trained", "evaluate", "predict_scene",
+           "save_checkpoint", "resolve_checkpoint", "TrainedModel"]
+
+
+# -- data and model ------------------------------------------------------------------------------
+def build_scene(data_cfg: Dict[str, Any], data_dir=None) -> Scene:
+    """The :class:`Scene` a config's ``data`` section describes (``data_dir`` overrides the config's)."""
+    name = data_cfg["name"].lower()
+    folder = data_dir if data_dir is not None else data_cfg.get("data_dir")
+    split = dict(data_cfg.get("split") or {})
+    if name in ("eolearn_slovenia", "eolearn"):
+        from ..data import load_eolearn_slovenia
+        return load_eolearn_slovenia(folder, date=data_cfg.get("date", 0),
+                                     train_per_class=split.get("train_per_class", 50),
+                                     train_fraction=split.get("train_fraction"),
+                                     val_per_class=split.get("val_per_class", 0) or 0,
+                                     block_size=split.get("block_size"), seed=split.get("seed", 0))
+    from ..data import load_benchmark
+    if folder is None:
+        raise ValueError(f"data.data_dir (or --data-dir) must point at the {name} files")
+    return load_benchmark(name, folder, check_sizes=data_cfg.get("check_sizes", True))
+
+
+def build_model(model_cfg: Dict[str, Any], in_chans, num_classes: int) -> nn.Module:
+    import m3amba
+    args = dict(model_cfg.get("args") or {})
+    return m3amba.create_model(model_cfg["name"], in_chans=tuple(in_chans), num_classes=num_classes, **args)
+
+
+def _device(name: str, dist_info: Optional[DistInfo] = None) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist_info.local_rank if dist_info else 0)
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+class _AllHeads(nn.Module):
+    """Exposes ``forward_all``'s three logits as ``forward`` (what DDP wraps)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x1, x2):
+        out = self.model.forward_all(x1, x2)
+        return out.logits_m1, out.logits_m2, out.logits_fused
+
+
+# -- optimisation -------------------------------------------------------------------------------
+def _param_groups(model: nn.Module, weight_decay: float):
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if n in skip or p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+    return f
+
+
+class _Ema:
+    """Exponential moving average of the trainable weights and buffers (decay warmed up over steps)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            e = self.state[k]
+            if v.is_floating_point():
+                e.mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                e.copy_(v)
+
+
+# -- checkpoints ----------------------------------------------------------------------------------
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover  (platforms without directory fds)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _rng_state() -> Dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+    }
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+
+
+def save_checkpoint(folder: Path, model: nn.Module, state: Dict[str, Any], ema: Optional[_Ema] = None,
+                    meta: Optional[Dict[str, Any]] = None) -> Path:
+    """Write checkpoint folder ``folder`` atomically (see the module doc)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_state_dict_file(model.state_dict(), tmp / "model.safetensors")
+    if ema is not None:
+        save_state_dict_file(ema.state, tmp / "ema.safetensors")
+    with open(tmp / "state.pt", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    with open(tmp / "meta.json", "w") as f:
+        json.dump(meta or {}, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    old = None
+    if folder.exists():
+        old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    _fsync_dir(folder.parent)
+    _write_text_atomic(folder.parent / "LATEST", folder.name + "\n")
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint folder from a run folder, its ``checkpoints/`` folder or a checkpoint folder itself."""
+    p = Path(path)
+    if (p / "state.pt").is_file():
+        return p
+    for cand in (p / "checkpoints", p):
+        latest = cand / "LATEST"
+        if latest.is_file():
+            folder = cand / latest.read_text().strip()
+            if (folder / "state.pt").is_file():
+                return folder
+    raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with checkpoints/LATEST, or a folder "
+                            "holding state.pt and model.safetensors)")
+
+
+def _load_state(folder: Path) -> Dict[str, Any]:
+    return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+
+
+# -- evaluation / prediction --------------------------------------------------------------------
+class TrainedModel:
+    """A model with what inference needs: normalisation stats, class names, config."""
+
+    def __init__(self, model: nn.Module, norm: NormStats, class_names, config: Dict[str, Any], epoch: int = 0,
+                 device: torch.device = torch.device("cpu")) -> None:
+        self.model, self.norm, self.class_names, self.config = model, norm, list(class_names), config
+        self.epoch, self.device = epoch, device
+
+
+def load_trained(path, device="cpu", use_ema: Optional[bool] = None) -> TrainedModel:
+    """Rebuild the model of a checkpoint (run folder or checkpoint folder) with its stats and classes."""
+    folder = resolve_checkpoint(path)
+    state = _load_state(folder)
+    cfg = json.loads(state["config_json"])
+    mc = state["model"]
+    model = build_model(cfg["model"], mc["in_chans"], mc["num_classes"])
+    if use_ema is None:
+        use_ema = cfg["eval"].get("use_ema", True)
+    weights = folder / ("ema.safetensors" if use_ema and (folder / "ema.safetensors").is_file() else "model.safetensors")
+    load_checkpoint(model, weights)
+    device = torch.device(device)
+    model.to(device).eval()
+    return TrainedModel(model, NormStats.from_state(state["norm"]), state["class_names"], cfg,
+                        int(state["epoch"]), device)
+
+
+def predict_scene(model: nn.Module, scene: Scene, norm: NormStats, window: int = 32, stride: int = 16,
+                  batch_size: int = 32, device="cpu", amp: bool = True, progress: bool = False):
+    """Stitched logits (K, H, W) and per-pixel window counts of the whole scene (sliding windows)."""
+    device = torch.device(device)
+    x1, x2 = norm.apply(scene.modality1, scene.modality2)
+    was_training = model.training
+    model.eval()
+
+    def run(b1, b2):
+        with _autocast(device, amp):
+            return model(b1, b2).float()
+    try:
+        return sliding_window_logits(run, x1, x2, scene.num_classes, window=window, stride=stride,
+                                     batch_size=batch_size, device=device, progress=progress)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, scene: Scene, norm: NormStats, which: str = "test", window: int = 32,
+             stride: int = 16, batch_size: int = 32, device="cpu", amp: bool = True, logits=None,
+             progress: bool = False) -> Dict[str, Any]:
+    """OA / AA / kappa / per-class accuracy / confusion matrix over exactly the ``which`` pixels."""
+    mask = {"test": scene.test_mask, "val": scene.val_mask, "train": scene.train_mask}[which]
+    if mask is None or not (mask > 0).any():
+        raise ValueError(f"the scene has no {which} labels")
+    if logits is None:
+        logits, counts = predict_scene(model, scene, norm, window, stride, batch_size, device, amp, progress)
+        if int(counts.min()) < 1:  # pragma: no cover  (tiling guarantees coverage)
+            raise RuntimeError("some pixels were not predicted")
+    pred = logits.argmax(0).numpy()
+    sel = mask > 0
+    m = classification_metrics(mask[sel] - 1, pred[sel], scene.num_classes, scene.class_names)
+    m["expected_count"] = int(scene.counts(which).sum())
+    m["split"] = which
+    return m
+
+
+# -- training ------------------------------------------------------------------------------------
+_LOG_FIELDS = ["epoch", "step", "lr", "loss", "ce_m1", "ce_m2", "ce_fused", "cos_m1", "cos_m2", "train_acc",
+               "val_oa", "val_aa", "val_kappa", "epoch_time_s"]
+
+
+def _progress(iterable, enabled: bool, **kw):
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return iterable
+    return tqdm(iterable, **kw)
+
+
+def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = False, scene: Optional[Scene] = None,
+          data_dir=None, log: Callable[[str], None] = print, evaluate_test: bool = True,
+          stop_after: Optional[int] = None) -> Dict[str, Any]:
+    """Train per ``config`` (see :mod:`m3amba.train.config`) into ``out_dir``; returns a summary dict.
+
+    ``resume=True`` continues from ``out_dir``'s newest checkpoint exactly where it stopped (weights,
+    optimiser, schedule, RNG states, epoch). ``scene`` bypasses the config's data section (tests).
+    Under ``torchrun`` this trains data-parallel (see :mod:`m3amba.train.distributed`).
+    """
+    cfg = merge_config(load_config(), config)
+    tc, ec = cfg["train"], cfg["eval"]
+    out = Path(out_dir)
+    device_guess = "cuda" if (tc["device"] == "auto" and torch.cuda.is_available()) else str(tc["device"]).split(":")[0]
+    dinfo = init_distributed("cuda" if device_guess == "cuda" else "cpu")
+    device = _device(tc["device"], dinfo)
+    main = dinfo.is_main
+    say = log if main else (lambda *_: None)
+    try:
+        resume_state = None
+        ck = None
+        if resume:
+            ck = resolve_checkpoint(out)
+            resume_state = _load_state(ck)
+            saved_cfg = json.loads(resume_state["config_json"])
+            cfg = merge_config(saved_cfg, {"train": {"epochs": tc["epochs"]}})  # only the epoch count may change
+            tc, ec = cfg["train"], cfg["eval"]
+            say(f"resuming from {ck} (epoch {resume_state['epoch']})")
+        if scene is None:
+            scene = build_scene(cfg["data"], data_dir)
+        torch.manual_seed(tc["seed"])
+        random.seed(tc["seed"])
+        np.random.seed(tc["seed"])
+        if resume_state is not None:
+            norm = NormStats.from_state(resume_state["norm"])
+        else:
+            nc = cfg["data"].get("normalization") or {}
+            norm = compute_norm_stats(scene, nc.get("method", "minmax"), nc.get("source", "scene"))
+        say(scene.summary())
+        model = build_model(cfg["model"], scene.in_chans, scene.num_classes).to(device)
+        x1, x2 = norm.apply(scene.modality1, scene.modality2)
+        windows = TrainWindows(x1, x2, scene.train_mask, window=tc["window"], augment=tc["augment"])
+        samples = tc["samples_per_epoch"] or len(windows.anchors)
+        per_rank = samples // dinfo.world_size if dinfo.enabled else samples
+        if per_rank < 1:
+            raise ValueError(f"samples_per_epoch={samples} is smaller than the number of ranks ({dinfo.world_size})")
+        steps_per_epoch = math.ceil(per_rank / tc["batch_size"])
+        total_steps = steps_per_epoch * tc["epochs"]
+        optimizer = torch.optim.AdamW(_param_groups(model, tc["weight_decay"]), lr=tc["lr"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(total_steps, steps_per_epoch * tc["warmup_epochs"], tc["min_lr"] / tc["lr"]))
+        ema = _Ema(model, tc["ema_decay"]) if tc["ema_decay"] else None
+        loss_fn = M3ambaLoss(**cfg["loss"])
+        start_epoch, step = 0, 0
+        if resume_state is not None:
+            load_checkpoint(model, ck / "model.safetensors")
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            if ema is not None and (ck / "ema.safetensors").is_file():
+                ema.state = {k: v.to(device) for k, v in load_state_dict_file(ck / "ema.safetensors").items()}
+            _set_rng_state(resume_state["rng"])
+            start_epoch, step = int(resume_state["epoch"]), int(resume_state["step"])
+        net: nn.Module = _AllHeads(model)
+        if dinfo.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        writer = _tensorboard(out) if main else None
+        show = main and not quiet and sys.stderr.isatty()
+        summary: Dict[str, Any] = {"epochs": []}
+        expected_val = int(scene.counts("val").sum())
+        last_epoch = tc["epochs"] if stop_after is None else min(tc["epochs"], stop_after)
+        for epoch in range(start_epoch, last_epoch):
+            t0 = time.time()
+            model.train()
+            plan = windows.epoch_plan(epoch, tc["seed"], samples, dinfo.rank, dinfo.world_size)
+            sums = {k: 0.0 for k in ("loss", "ce_m1", "ce_m2", "ce_fused", "cos_m1", "cos_m2")}
+            correct = seen = 0
+            bar = _progress(range(0, len(plan), tc["batch_size"]), show, desc=f"epoch {epoch + 1}/{tc['epochs']}",
+                            leave=False)
+            for start in bar:
+                b1, b2, y, valid = (t.to(device) for t in windows.batch(plan[start:start + tc["batch_size"]]))
+                with _autocast(device, tc["amp"]):
+                    l1, l2, lf = net(b1, b2)
+                terms = loss_fn(l1, l2, lf, y, valid)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if tc["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if ema is not None:
+                    ema.update(model, step)
+                for k in sums:
+                    sums[k] += float(terms[k].detach())
+                lab = y >= 0
+                correct += int((lf.detach().argmax(1)[lab] == y[lab]).sum())
+                seen += int(lab.sum())
+                if show and hasattr(bar, "set_postfix"):
+                    bar.set_postfix(loss=f"{float(terms['loss']):.3f}")
+            nb = max(1, math.ceil(len(plan) / tc["batch_size"]))
+            row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                   **{k: v / nb for k, v in sums.items()}, "train_acc": correct / max(1, seen)}
+            if main and scene.val_mask is not None and tc["eval_every"] and (epoch + 1) % tc["eval_every"] == 0:
+                vm = evaluate(model, scene, norm, "val", ec["window"], ec["stride"], ec["batch_size"], device, tc["amp"])
+                row.update(val_oa=vm["oa"], val_aa=vm["aa"], val_kappa=vm["kappa"])
+            row["epoch_time_s"] = time.time() - t0
+            summary["epochs"].append(row)
+            if main:
+                msg = (f"epoch {epoch + 1}/{tc['epochs']}  loss {row['loss']:.4f}  (ce {row['ce_fused']:.3f} fused, "
+                       f"cos {row['cos_m1']:.3f}/{row['cos_m2']:.3f})  train acc {100 * row['train_acc']:.1f}%  "
+                       f"lr {row['lr']:.2e}  {row['epoch_time_s']:.1f}s")
+                if "val_oa" in row:
+                    msg += f"  val OA {100 * row['val_oa']:.2f}% ({expected_val} px)"
+                say(msg)
+                state = {
+                    "epoch": epoch + 1, "step": step, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": _rng_state(), "norm": norm.to_state(),
+                    "class_names": list(scene.class_names),
+                    "model": {"name": cfg["model"]["name"], "in_chans": list(scene.in_chans),
+                              "num_classes": scene.num_classes},
+                    "config_json": json.dumps(cfg),
+                }
+                meta = {"epoch": epoch + 1, "step": step, "class_names": scene.class_names, "model": state["model"],
+                        "norm": {"method": norm.method, "source": norm.source}, "scene": scene.name, "log": row}
+                save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:04d}", model, state, ema, meta)
+                _prune(out / "checkpoints", tc["keep_checkpoints"])
+                _append_logs(out, row, writer)
+            barrier(dinfo)
+        if writer is not None:
+            writer.close()
+        summary["model"] = model
+        if main and evaluate_test and last_epoch == tc["epochs"] and (scene.test_mask > 0).any():
+            eval_model = model
+            if ema is not None and ec.get("use_ema", True):
+                eval_model = copy.deepcopy(model)  # the returned model keeps its raw weights
+                eval_model.load_state_dict(ema.state)
+            m = evaluate(eval_model, scene, norm, "test", ec["window"], ec["stride"], ec["batch_size"], device, tc["amp"],
+                         progress=show)
+            (out / "metrics_test.json").write_text(json.dumps(m, indent=2))
+            say(format_metrics(m, m["expected_count"]))
+            summary["test"] = m
+        barrier(dinfo)
+        return summary
+    finally:
+        cleanup(dinfo)
+
+
+def _prune(folder: Path, keep: int) -> None:
+    if not keep or keep < 1:
+        return
+    ckpts = sorted(p for p in folder.glob("epoch_*") if p.is_dir())
+    for p in ckpts[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard not installed: CSV/JSON logs only
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _append_logs(out: Path, row: Dict[str, Any], writer) -> None:
+    csv_path = out / "log.csv"
+    new = not csv_path.exists()
+    with open(csv_path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=_LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in _LOG_FIELDS})
+    with open(out / "log.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if writer is not None:
+        for k, v in row.items():
+            if k not in ("epoch", "step") and isinstance(v, (int, float)):
+                writer.add_scalar(k, v, row["epoch"])
