@@ -116,8 +116,8 @@ def unregister_backend(name: str) -> None:
 
 
 def _by_priority() -> List[_Backend]:
-    with _registry_lock:
-        backends = list(_registry.values())
+    # reads take no lock: a dict snapshot is atomic in CPython, and torch.compile cannot trace a lock
+    backends = list(_registry.values())
     return sorted(backends, key=lambda b: (-b.priority, b.name))
 
 
@@ -147,8 +147,7 @@ def _is_set(value: Optional[str]) -> bool:
 
 
 def _lookup(name: str, device: torch.device, origin: str) -> _Backend:
-    with _registry_lock:
-        backend = _registry.get(name)
+    backend = _registry.get(name)  # lock-free read, see _by_priority
     if backend is None:
         raise ValueError(_unknown_message(name) + f" (requested by {origin})")
     if not backend.supports(device):
