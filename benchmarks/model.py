@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import statistics
 import sys
 import time
 import types
@@ -29,23 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import m3amba  # noqa: E402
+from scan import time_cuda  # noqa: E402  (benchmarks/scan.py: CUDA-event median)
 
 C1, C2, K, S = 144, 1, 15, 32
 
 
 def cuda_time(fn, warmup=3, repeats=10):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
+    return time_cuda(fn, warmup=warmup, repeats=repeats)[0]
 
 
 def autocast(dtype):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Dict, Mapping, Union
+from typing import Dict, Iterable, Mapping, Union
 
 import torch
 from torch import nn
@@ -65,27 +65,38 @@ def save_state_dict_file(state_dict: Mapping[str, torch.Tensor], path: PathLike,
             os.remove(tmp)
 
 
+def check_fit(model: nn.Module, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+              path: PathLike, hint: str, allowed_missing: Iterable[str] = ()) -> None:
+    """Raise :class:`CheckpointMismatchError` naming every mis-shaped, missing and unexpected tensor.
+
+    ``own`` is the model's state dict; keys in ``allowed_missing`` may be absent from ``state``.
+    """
+    skip = set(allowed_missing)
+    shape_errors = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state and k not in skip]
+    unexpected = [k for k in state if k not in own]
+    if not (shape_errors or missing or unexpected):
+        return
+    lines = [f"checkpoint {path} does not fit {type(model).__name__}:"]
+    if shape_errors:
+        lines.append("  mismatched shapes: " + "; ".join(shape_errors[:10]))
+    if missing:
+        lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:10]))
+    if unexpected:
+        lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+    lines.append("  " + hint)
+    raise CheckpointMismatchError("\n".join(lines))
+
+
 def load_checkpoint(model: nn.Module, path: PathLike) -> None:
     """Load a weights file into ``model`` strictly; any mismatch raises :class:`CheckpointMismatchError`.
 
     Shapes are checked before anything is copied, so a failed load leaves the model untouched.
     """
     state = load_state_dict_file(path)
-    own = model.state_dict()
-    shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items() if k in own and own[k].shape != v.shape
-    ]
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if shape_errors or missing or unexpected:
-        lines = [f"checkpoint {path} does not fit {type(model).__name__}:"]
-        if shape_errors:
-            lines.append("  mismatched shapes: " + "; ".join(shape_errors[:10]))
-        if missing:
-            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:10]))
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:10]))
-        lines.append("  (a different variant, band count or class count? build the model to match the checkpoint)")
-        raise CheckpointMismatchError("\n".join(lines))
+    check_fit(model, model.state_dict(), state, path,
+              hint="(a different variant, band count or class count? build the model to match the checkpoint)")
     model.load_state_dict(state, strict=True)

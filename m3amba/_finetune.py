@@ -24,7 +24,7 @@ from typing import Dict, List, Mapping, Tuple
 import torch
 from torch import nn
 
-from ._checkpoint import CheckpointMismatchError, load_state_dict_file
+from ._checkpoint import check_fit, load_state_dict_file
 from ._hub import WeightsIntegrityError
 
 __all__ = ["AdaptedLoad", "load_pretrained_weights", "band_dependent_layers", "adapted_cfg_changes", "CLASS_LAYERS"]
@@ -128,27 +128,9 @@ def load_pretrained_weights(model: nn.Module, path: os.PathLike, name: str = "",
 
 def _check_fit(model: nn.Module, own: Mapping[str, torch.Tensor], kept: Mapping[str, torch.Tensor],
                reinit: List[str], path: Path) -> None:
-    skip = set(reinit)
-    shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in kept.items() if k in own and own[k].shape != v.shape
-    ]
-    missing = [k for k in own if k not in kept and k not in skip]
-    unexpected = [k for k in kept if k not in own]
-    if not (shape_errors or missing or unexpected):
-        return
-    lines = [f"checkpoint {path} does not fit {type(model).__name__}:"]
-    if shape_errors:
-        lines.append("  mismatched shapes: " + "; ".join(shape_errors[:10]))
-    if missing:
-        lines.append(f"  missing ({len(missing)}): " + ", ".join(missing[:10]))
-    if unexpected:
-        lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:10]))
-    lines.append(
-        "  only the band-dependent input layers (in_chans) and the classifiers (num_classes) may differ from the "
-        "pretrained model; build the same variant (width, depth, CLIP tower) as the weights"
-    )
-    raise CheckpointMismatchError("\n".join(lines))
+    check_fit(model, own, kept, path, allowed_missing=reinit, hint=(
+        "only the band-dependent input layers (in_chans) and the classifiers (num_classes) may differ from the "
+        "pretrained model; build the same variant (width, depth, CLIP tower) as the weights"))
 
 
 def adapted_cfg_changes(model: nn.Module, report: AdaptedLoad, cfg: Mapping) -> Dict:

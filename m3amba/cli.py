@@ -7,7 +7,7 @@ import json
 import sys
 import time
 import warnings
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 __all__ = ["main"]
 

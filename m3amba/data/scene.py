@@ -254,7 +254,7 @@ def split_labels(
             raise ValueError(f"block_size must be positive, got {block_size}")
         frac = 0.5 if train_fraction is None else train_fraction
         h, w = labels.shape
-        by, bx = -(-h // block_size), -(-w // block_size)
+        bx = -(-w // block_size)  # blocks per row
         block_id = (np.arange(h)[:, None] // block_size) * bx + (np.arange(w)[None, :] // block_size)
         labelled_blocks = np.unique(block_id[labels > 0])
         order = rng.permutation(labelled_blocks)

@@ -54,7 +54,6 @@ Limitations: float64 inputs are delegated to the ``"torch"`` backend; 3-D
 multiple of 32 the channel blocks get small (correct, but slower).
 """
 
-import math
 import os
 from typing import Any, Optional, Tuple, Union
 
