@@ -34,6 +34,8 @@ def create_model(
     checkpoint_path: Optional[str] = None,
     num_classes: Optional[int] = None,
     in_chans: Optional[Sequence[int]] = None,
+    features_only: bool = False,
+    out_indices: Optional[Sequence[int]] = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Create a registered model, e.g. ``create_model("m3amba_base", in_chans=(144, 1), num_classes=15)``.
@@ -53,6 +55,9 @@ def create_model(
             strictly after building; when given, ``pretrained`` weights are not looked up.
         num_classes: classes of the per-pixel heads (default: the variant's / tag's).
         in_chans: band counts (C1, C2) of the two modalities.
+        features_only: return a :class:`~m3amba.models.M3ambaFeatureExtractor` whose forward gives
+            the chosen trunk layers' maps (weights are loaded into the full model first).
+        out_indices: with ``features_only``, the layer indices to return (default: every layer).
         **kwargs: passed to the model constructor (e.g. ``clip_model``, ``clip_pretrained``,
             ``drop_path_rate``, ``scan_backend``).
 
@@ -93,4 +98,9 @@ def create_model(
         report = load_pretrained_weights(model, resolved.path, name=label)
         if isinstance(getattr(model, "pretrained_cfg", None), dict):
             model.pretrained_cfg.update(adapted_cfg_changes(model, report, model.pretrained_cfg))
+    if features_only:
+        from .models import M3ambaFeatureExtractor
+        return M3ambaFeatureExtractor(model, out_indices)
+    if out_indices is not None:
+        raise ValueError("out_indices is only used with features_only=True")
     return model

@@ -184,3 +184,20 @@ def test_integer_input_and_wrong_size_for_clip_model():
 def test_in_chans_must_be_a_pair():
     with pytest.raises(ValueError, match="two modalities"):
         m3amba.create_model("m3amba_tiny_noclip", in_chans=144)
+
+
+def test_features_only_returns_the_chosen_layers_maps():
+    full = build("m3amba_tiny_noclip", depth=3).eval()
+    x1, x2 = inputs(full)
+    _, inter = full.forward_intermediates(x1, x2)
+    extractor = build("m3amba_tiny_noclip", depth=3, features_only=True, out_indices=(0, -2)).eval()
+    own = extractor.model.state_dict()
+    extractor.model.load_state_dict({k: v for k, v in full.state_dict().items() if k in own})
+    feats = extractor(x1, x2)
+    assert extractor.out_indices == (0, 1) and len(extractor.model.layers) == 2
+    assert [f["module"] for f in extractor.feature_info] == ["layers.0", "layers.1"]
+    for got, want in zip(feats, inter[:2]):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="features_only"):
+        build("m3amba_tiny_noclip", out_indices=(0,))

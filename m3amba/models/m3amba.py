@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from ..layers import ClipAdapter, FrozenClipImageEncoder, M3ambaLayer, PatchEmbed, PixelHead, SS2D
 from ..layers.clip_adapter import ClipModelSpec
 
-__all__ = ["M3amba", "M3ambaFeatures", "M3ambaOutput"]
+__all__ = ["M3amba", "M3ambaFeatureExtractor", "M3ambaFeatures", "M3ambaOutput"]
 
 
 class M3ambaFeatures(NamedTuple):
@@ -303,6 +303,29 @@ class M3amba(nn.Module):
         """Logits of all three heads (M1, M2, fused) plus the stream features, for the training loss."""
         feats = self.forward_features(x1, x2, clip_embeds)
         return M3ambaOutput(self.head_m1(feats.m1), self.head_m2(feats.m2), self.head(feats.fused), feats)
+
+
+class M3ambaFeatureExtractor(nn.Module):
+    """timm's ``features_only`` for M3amba: the maps of chosen trunk layers, nothing after them.
+
+    ``forward(x1, x2, clip_embeds=None)`` returns one :class:`M3ambaFeatures` (channels-last
+    (B, H, W, D) maps of the two modality streams and the fused stream) per index in
+    ``out_indices``; the trunk stops after the last requested layer and the heads are dropped.
+    """
+
+    def __init__(self, model: M3amba, out_indices: Optional[Sequence[int]] = None) -> None:
+        super().__init__()
+        self.out_indices = tuple(sorted(model._resolve_indices(list(out_indices) if out_indices is not None else None)))
+        model.layers = model.layers[: max(self.out_indices) + 1]
+        model.head_m1 = model.head_m2 = model.head = None
+        self.model = model
+        self.pretrained_cfg = model.pretrained_cfg
+        self.feature_info = [dict(num_chs=model.num_features, reduction=1, module=f"layers.{i}") for i in self.out_indices]
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor,
+                clip_embeds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> List[M3ambaFeatures]:
+        return self.model.forward_intermediates(x1, x2, indices=list(self.out_indices), stop_early=True,
+                                                intermediates_only=True, clip_embeds=clip_embeds)
 
 
 def _init_weights(module: nn.Module) -> None:
