@@ -38,7 +38,9 @@ setup(
         "plot": ["matplotlib"],
         "tensorboard": ["tensorboard"],
         "geotiff": ["rasterio"],
-        "test": ["pytest>=7", "hypothesis>=6", "numpy", "scipy", "h5py", "pyyaml", "tqdm"],
+        "test": ["pytest>=7", "hypothesis>=6", "numpy", "scipy", "h5py", "pyyaml", "tqdm",
+                 "mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
+        "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
     },
     entry_points={"console_scripts": ["m3amba=m3amba.cli:main"]},
     classifiers=[
