@@ -9,13 +9,28 @@ from typing import Dict, Iterable, Mapping, Union
 import torch
 from torch import nn
 
-__all__ = ["load_state_dict_file", "load_checkpoint", "save_state_dict_file", "CheckpointMismatchError"]
+__all__ = [
+    "read_torch_file", "load_state_dict_file", "load_checkpoint", "check_fit", "save_state_dict_file",
+    "CheckpointMismatchError",
+]
 
 PathLike = Union[str, os.PathLike]
 
 
 class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not fit the model (missing, unexpected or mis-shaped keys)."""
+
+
+def read_torch_file(path: PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU, with a clear error for files that need unpickling."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(
+            f"{path} could not be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
+            "Files that need arbitrary unpickling are refused, as unpickling can run code; re-save the "
+            "tensors with safetensors (or load the file yourself only if you trust it)."
+        ) from exc
 
 
 def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
@@ -30,13 +45,7 @@ def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} could not be read as a weights-only torch file ({exc}). Files that need arbitrary "
-            "unpickling are refused; re-save the tensors with safetensors."
-        ) from exc
+    obj = read_torch_file(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_dict"):
             if key in obj and isinstance(obj[key], Mapping):

@@ -58,9 +58,11 @@ def list_models(filter: Filter = "", pretrained: bool = False, exclude_filters: 
     With ``pretrained=True``, lists ``name.tag`` for every tag that has weights instead.
     """
     include, exclude = _as_list(filter), _as_list(exclude_filters)
-    names = list_pretrained() if pretrained else list(_model_entrypoints)
-    return sorted(n for n in names if _matches(n, include, exclude) or
-                  (pretrained and _matches(split_model_name_tag(n)[0], include, exclude)))
+    if not pretrained:
+        return sorted(n for n in _model_entrypoints if _matches(n, include, exclude))
+    # a filter may name the model ("m3amba_tiny*") or the full "name.tag"
+    return sorted(t for t in list_pretrained()
+                  if _matches(t, include, exclude) or _matches(split_model_name_tag(t)[0], include, exclude))
 
 
 def list_pretrained(filter: Filter = "", exclude_filters: Filter = "") -> List[str]:

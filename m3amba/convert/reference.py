@@ -56,7 +56,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from .._checkpoint import load_checkpoint, save_state_dict_file
+from .._checkpoint import load_checkpoint, read_torch_file, save_state_dict_file
 
 __all__ = [
     "ConvertedCheckpoint",
@@ -166,14 +166,7 @@ def _read_file(path: Path) -> Mapping[str, Any]:
                 nested.setdefault(head, {})[rest] = value
             return nested
         return flat
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
-            "Files that need arbitrary unpickling are refused, as unpickling can run code; load the file "
-            "yourself only if you trust it, and pass the resulting dict (or re-save its tensors)."
-        ) from exc
+    obj = read_torch_file(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj
