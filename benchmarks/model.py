@@ -1,15 +1,22 @@
 """End-to-end throughput and memory of M3amba (and, optionally, of the reference implementation).
 
-    python benchmarks/model.py --out model.json [--reference-dir /path/to/M3amba-checkout]
+    python benchmarks/model.py --out model.json [--reference-dir DIR] [--mamba-sdist SDIST]
 
 Measures, on one CUDA device, with CUDA events (median of repeated runs after warm-up):
-* inference at batch 64 (fp32 and bf16 autocast), CLIP tower included for our model;
-* a training step (three-head cross-entropy + AdamW) at batch 16 and 64, fp32 and bf16, with peak memory;
+
+* inference at batch 64, fp32 and bf16 autocast, CLIP tower included for our model, and the levers
+  one at a time: scan backend, ``torch.compile``, CUDA graphs;
+* a training step (three-head cross-entropy + AdamW) at batch 16 and 64, fp32 and bf16, with peak
+  memory, with and without gradient checkpointing;
 * batch-1 latency;
-* a Houston-2013-sized scene (349 x 1905, 144 + 1 bands) classified densely with overlapping windows.
+* a Houston-2013-sized scene (349 x 1905, 144 + 1 bands) classified densely with overlapping windows
+  (streamed band by band, windows cut on the GPU);
+* agreement: the fp32 path's logits against every faster path on one fixed batch.
+
 With ``--reference-dir`` (a local checkout of github kaka-Cao/M3amba; never committed here), the same
 model-level measurements of the reference, its scan served by mamba-ssm's kernel (forward type v01,
-CLIP embeddings given as inputs, as its code takes them), in the same run.
+CLIP embeddings given as inputs, as its code takes them), in the same run. Our CLIP tower is a
+randomly initialised ViT-B/32 (same cost as the pretrained one; no weights can be downloaded here).
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import importlib.util
 import json
 import sys
 import time
+import traceback
 import types
 from pathlib import Path
 
@@ -28,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import m3amba  # noqa: E402
+from m3amba.ops.selective_scan import available_backends, get_backend_name  # noqa: E402
 from scan import time_cuda  # noqa: E402  (benchmarks/scan.py: CUDA-event median)
 
 C1, C2, K, S = 144, 1, 15, 32
@@ -47,54 +56,178 @@ def batch(n, seed=0):
             torch.randint(0, K, (n, S, S), device="cuda", generator=g))
 
 
-def measure(name, forward_all, params, batches=(16, 64), repeats=10):
-    """forward_all(x1, x2) -> three logits; returns a dict of measurements."""
-    out = {"model": name}
-    for dtype in ("fp32", "bf16"):
-        x1, x2, _ = batch(64)
-        with torch.inference_mode(), autocast(dtype):
-            ms = cuda_time(lambda: forward_all(x1, x2), repeats=repeats)
-        out[f"infer_b64_{dtype}_ms"] = ms
-        out[f"infer_b64_{dtype}_patches_s"] = 64e3 / ms
-    x1, x2, _ = batch(1)
-    with torch.inference_mode():
-        out["infer_b1_fp32_ms"] = cuda_time(lambda: forward_all(x1, x2), repeats=repeats * 3)
+def log(*items):
+    print(*items, flush=True)
+
+
+def _guard(out, key, fn):
+    """Run one measurement; record OOM / errors instead of aborting the whole benchmark."""
+    try:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+    except torch.OutOfMemoryError:
+        out[f"{key}_error"] = "out of memory"
+    except Exception as exc:  # a lever that fails is reported, the rest still runs
+        out[f"{key}_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        traceback.print_exc()
+    finally:
+        torch.cuda.empty_cache()
+    log(key, {k: v for k, v in out.items() if k.startswith(key)})
+
+
+def infer(out, key, forward, n=64, repeats=10):
+    x1, x2, _ = batch(n)
+
+    def go():
+        ms = cuda_time(lambda: forward(x1, x2), repeats=repeats)
+        out[f"{key}_ms"] = ms
+        out[f"{key}_patches_s"] = n * 1e3 / ms
+    _guard(out, key, go)
+
+
+def train(out, key, forward_all, params, n, dtype, repeats=10):
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
-    for n in batches:
+    x1, x2, y = batch(n)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast(dtype):
+            logits = forward_all(x1, x2)
+            loss = sum(F.cross_entropy(lg.float(), y) for lg in logits)
+        loss.backward()
+        opt.step()
+
+    def go():
+        ms = cuda_time(step, warmup=2, repeats=repeats)
+        out[f"{key}_ms"] = ms
+        out[f"{key}_patches_s"] = n * 1e3 / ms
+        out[f"{key}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    _guard(out, key, go)
+    opt.zero_grad(set_to_none=True)
+
+
+def measure(name, module, forward_all, repeats=10):
+    """Measurements common to ours and the reference; forward_all(x1, x2) -> three logits."""
+    out = {"model": name}
+
+    def inference(dtype):
+        def fwd(a, b):
+            with torch.inference_mode(), autocast(dtype):
+                return forward_all(a, b)
+        return fwd
+    module.eval()
+    for dtype in ("fp32", "bf16"):
+        infer(out, f"infer_b64_{dtype}", inference(dtype), repeats=repeats)
+    infer(out, "infer_b1_fp32", inference("fp32"), n=1, repeats=repeats * 3)
+    module.train()
+    params = list(module.parameters())
+    for n in (16, 64):
         for dtype in ("fp32", "bf16"):
-            x1, x2, y = batch(n)
-
-            def step():
-                opt.zero_grad(set_to_none=True)
-                with autocast(dtype):
-                    logits = forward_all(x1, x2)
-                    loss = sum(F.cross_entropy(l.float(), y) for l in logits)
-                loss.backward()
-                opt.step()
-
-            key = f"train_b{n}_{dtype}"
-            try:
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                ms = cuda_time(step, warmup=2, repeats=repeats)
-                out[f"{key}_ms"] = ms
-                out[f"{key}_patches_s"] = n * 1e3 / ms
-                out[f"{key}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
-            except torch.OutOfMemoryError:
-                out[f"{key}_ms"] = None
-                out[f"{key}_error"] = "out of memory"
-                opt.zero_grad(set_to_none=True)
-                torch.cuda.empty_cache()
+            train(out, f"train_b{n}_{dtype}", forward_all, params, n, dtype, repeats)
     return out
+
+
+def graphed(forward, n):
+    """Capture ``forward`` at batch ``n`` in a CUDA graph; returns a replaying callable."""
+    x1, x2, _ = batch(n, seed=5)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            forward(x1, x2)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = forward(x1, x2)
+
+    def replay(a, b):
+        x1.copy_(a)
+        x2.copy_(b)
+        graph.replay()
+        return static_out
+    return replay
+
+
+def rel_l2(a, b):
+    a, b = a.float(), b.float()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def ours(args):
     model = m3amba.create_model(args.model, in_chans=(C1, C2), num_classes=K, clip_pretrained=None).cuda()
-    model.train()
-    res = measure(args.model, lambda a, b: model.forward_all(a, b)[:3], list(model.parameters()), repeats=args.repeats)
-    res["scan_backend"] = m3amba.ops.selective_scan.get_backend_name(torch.device("cuda"))
+    res = measure(args.model, model, lambda a, b: model.forward_all(a, b)[:3], args.repeats)
+    res["scan_backend"] = get_backend_name(torch.device("cuda"))
     res["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # -- levers, one at a time ---------------------------------------------------------------------
+    model.train()
+    model.set_grad_checkpointing(True)
+    for dtype in ("bf16", "fp32"):
+        train(res, f"train_b64_{dtype}_ckpt", lambda a, b: model.forward_all(a, b)[:3], list(model.parameters()),
+              64, dtype, args.repeats)
+    model.set_grad_checkpointing(False)
+    model.eval()
+    ref_x1, ref_x2, _ = batch(64, seed=7)
+    with torch.inference_mode():
+        reference_logits = model(ref_x1, ref_x2).float()  # the fp32 path, default backend
+    agreement = {}
+
+    def bf16_forward(a, b):
+        with torch.inference_mode(), autocast("bf16"):
+            return model(a, b)
+
+    backends = [b for b in ("mamba", "triton", "torch") if b in available_backends(torch.device("cuda"))]
+    for backend in backends:
+        model.set_scan_backend(backend)
+        infer(res, f"infer_b64_bf16_scan_{backend}", bf16_forward, repeats=args.repeats)
+        with torch.inference_mode():
+            agreement[f"fp32_scan_{backend}"] = rel_l2(model(ref_x1, ref_x2), reference_logits)
+        agreement[f"bf16_scan_{backend}"] = rel_l2(bf16_forward(ref_x1, ref_x2), reference_logits)
+    model.set_scan_backend(None)
+    try:
+        g = graphed(bf16_forward, 64)
+        infer(res, "infer_b64_bf16_cudagraph", g, repeats=args.repeats)
+        agreement["bf16_cudagraph"] = rel_l2(g(ref_x1, ref_x2).clone(), reference_logits)
+        del g
+    except Exception as exc:
+        res["infer_b64_bf16_cudagraph_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        traceback.print_exc()
+    if args.compile:
+        try:
+            compiled = torch.compile(model)
+
+            def compiled_forward(a, b):
+                with torch.inference_mode(), autocast("bf16"):
+                    return compiled(a, b)
+            t0 = time.perf_counter()
+            compiled_forward(ref_x1, ref_x2)
+            res["compile_s"] = time.perf_counter() - t0
+            infer(res, "infer_b64_bf16_compile", compiled_forward, repeats=args.repeats)
+            agreement["bf16_compile"] = rel_l2(compiled_forward(ref_x1, ref_x2), reference_logits)
+            del compiled
+        except Exception as exc:
+            res["infer_b64_bf16_compile_error"] = f"{type(exc).__name__}: {exc}"[:500]
+            traceback.print_exc()
+    with torch.inference_mode():
+        pred32 = reference_logits.argmax(1)
+        res["bf16_argmax_agreement"] = float((bf16_forward(ref_x1, ref_x2).float().argmax(1) == pred32).float().mean())
+    res["agreement_rel_l2_vs_fp32"] = agreement
+    log("agreement", agreement)
+    if args.profile:
+        profile(model, bf16_forward, args.profile)
     return res, model
+
+
+def profile(model, forward, path):
+    """Top CUDA kernels of one bf16 forward at batch 64 (for finding what to optimise next)."""
+    from torch.profiler import ProfilerActivity, profile as prof
+    x1, x2, _ = batch(64)
+    forward(x1, x2)
+    with prof(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as p:
+        forward(x1, x2)
+        torch.cuda.synchronize()
+    Path(path).write_text(p.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 
 
 def reference(args):
@@ -109,7 +242,7 @@ def reference(args):
     ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
     model = ref.VSSM(input_shape=(S, S), patch_size=1, in_chans_hsi=C1, in_chans_lidar=C2, num_classes=K,
-                     forward_type="v01").cuda().train()
+                     forward_type="v01").cuda()
     g = torch.Generator(device="cuda").manual_seed(1)
     e1, e2 = (torch.randn(64, 512, device="cuda", generator=g) for _ in range(2))
 
@@ -117,8 +250,7 @@ def reference(args):
         n = a.shape[0]
         return model(a, b, e1[:n], e2[:n])
 
-    res = measure("reference (mamba-ssm v01, CLIP embeddings given)", forward_all, list(model.parameters()),
-                  repeats=args.repeats)
+    res = measure("reference (mamba-ssm v01, CLIP embeddings given)", model, forward_all, repeats=args.repeats)
     res["params"] = sum(p.numel() for p in model.parameters())
     return res
 
@@ -136,19 +268,24 @@ def full_scene(model, args):
 
     def predict(a, b):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            return model(a, b).float()
+            return model(a, b)
 
-    run = lambda a, b: sliding_window_logits(predict, a, b, K, window=S, stride=args.stride,
-                                             batch_size=args.scene_batch, device="cuda")
+    def run(a, b):
+        return sliding_window_logits(predict, a, b, K, window=S, stride=args.stride,
+                                     batch_size=args.scene_batch, device="cuda")
     with torch.inference_mode():
-        run(x1[:, :64, :64], x2[:, :64, :64])  # warm-up
+        run(x1[:, :96, :96], x2[:, :96, :96])  # warm-up
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         logits, counts = run(x1, x2)
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    assert logits.shape == (K, h, w) and counts.min() >= 1
-    return {"scene": f"{h}x{w}, {C1}+{C2} bands", "stride": args.stride, "seconds": seconds}
+    assert logits.shape == (K, h, w) and int(counts.min()) >= 1
+    n_windows = int(counts.sum()) // (S * S)
+    return {"scene": f"{h}x{w}, {C1}+{C2} bands", "window": S, "stride": args.stride, "windows": n_windows,
+            "batch": args.scene_batch, "seconds": seconds, "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "scene_input_gib": (x1.nbytes + x2.nbytes) / 2**30}
 
 
 def main():
@@ -158,29 +295,32 @@ def main():
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--stride", type=int, default=24)
     p.add_argument("--scene-batch", type=int, default=256)
+    p.add_argument("--compile", action="store_true", help="also measure torch.compile (slow to compile)")
+    p.add_argument("--profile", default=None, help="write a kernel profile of one bf16 forward to this file")
     p.add_argument("--mamba-sdist", default=None, help="build mamba-ssm's scan kernel first")
     p.add_argument("--out", default="model_benchmark.json")
     args = p.parse_args()
     if args.mamba_sdist:
         from build_mamba_scan import build
         build(args.mamba_sdist)
-    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "args": vars(args)}
     ours_res, model = ours(args)
     result["ours"] = ours_res
-    print(json.dumps(ours_res, indent=1), flush=True)
     try:
         result["full_scene"] = full_scene(model, args)
-        print(json.dumps(result["full_scene"]), flush=True)
-    except ImportError as exc:
-        result["full_scene"] = {"error": str(exc)}
+    except Exception as exc:
+        result["full_scene"] = {"error": f"{type(exc).__name__}: {exc}"}
+        traceback.print_exc()
+    log("full_scene", result["full_scene"])
+    Path(args.out).write_text(json.dumps(result, indent=1))
     del model
     torch.cuda.empty_cache()
     if args.reference_dir:
         result["reference"] = reference(args)
-        print(json.dumps(result["reference"], indent=1), flush=True)
         r, o = result["reference"], ours_res
         result["ratios"] = {k: o[k] / r[k] for k in o if k.endswith("patches_s") and r.get(k)}
-        print(json.dumps(result["ratios"], indent=1))
+        log(json.dumps(result["ratios"], indent=1))
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

@@ -1,17 +1,27 @@
-"""Training-window sampling around training pixels, and sliding-window tiling/stitching of a scene.
+"""Training-window sampling around training pixels, and streaming sliding-window prediction of a scene.
 
-Padding is ``numpy.pad(mode="reflect")`` for the image (any pad width, also wider than the scene)
-and 0 (= unlabelled) for labels: reflected copies of training labels are never trained on.
+Padding reflects the image (like ``numpy.pad(mode="reflect")``, for any pad width, also wider than
+the scene) and uses 0 (= unlabelled) for labels: reflected copies of training labels are never
+trained on.
+
+Full-scene prediction streams the scene in horizontal bands: each band's rows are read (a
+``numpy.memmap`` is read only there), moved to the device once and cut into windows *on the device*;
+logits are accumulated in a rolling band accumulator and every finished row is handed back at once.
+Nothing larger than about one window batch lives on the device, and with ``out=`` (e.g. a memmap)
+host memory stays bounded by the band too.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["reflect_pad", "tile_positions", "sliding_window_logits", "TrainWindows"]
+__all__ = ["reflect_pad", "reflect_index", "tile_positions", "window_coverage", "sliding_window_logits",
+           "TrainWindows"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
 
 
 def reflect_pad(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
@@ -21,6 +31,20 @@ def reflect_pad(x: np.ndarray, top: int, bottom: int, left: int, right: int) -> 
     else:
         mode = "reflect"
     return np.pad(x, ((0, 0), (top, bottom), (left, right)), mode=mode)
+
+
+def reflect_index(positions: np.ndarray, size: int) -> np.ndarray:
+    """Source indices of (possibly out-of-range) positions under reflection about the edges.
+
+    Matches ``numpy.pad(mode="reflect")`` for any pad width: reflection without repeating the edge
+    pixel is periodic with period ``2 * (size - 1)``.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    p = np.mod(positions, period)
+    return np.where(p < size, p, period - p)
 
 
 def tile_positions(size: int, window: int, stride: int, margin: int) -> Tuple[List[int], int]:
@@ -41,11 +65,37 @@ def tile_positions(size: int, window: int, stride: int, margin: int) -> Tuple[Li
     return starts, total
 
 
+def window_coverage(starts: Sequence[int], window: int, total: int) -> np.ndarray:
+    """How many windows (starting at ``starts``) cover each of ``total`` positions along one axis."""
+    cover = np.zeros(total + 1, np.int64)
+    np.add.at(cover, np.asarray(starts), 1)
+    np.add.at(cover, np.asarray(starts) + window, -1)
+    return np.cumsum(cover)[:total]
+
+
+def _read_rows(x: ArrayLike, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+    """x[:, rows][:, :, cols] as a contiguous CPU/device tensor (reads only those rows of a memmap)."""
+    if isinstance(x, torch.Tensor):
+        r = torch.as_tensor(rows, device=x.device)
+        c = torch.as_tensor(cols, device=x.device)
+        return x.index_select(1, r).index_select(2, c)
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    block = np.asarray(x[:, lo:hi])  # one contiguous read, then the reflection is an in-memory gather
+    return torch.from_numpy(np.ascontiguousarray(block[:, rows - lo][:, :, cols]))
+
+
+def _bands(rows: List[int], cols: int, batch_size: int) -> Iterator[List[int]]:
+    """Group consecutive window rows so that one band holds about ``batch_size`` windows."""
+    per_band = max(1, batch_size // max(cols, 1))
+    for i in range(0, len(rows), per_band):
+        yield rows[i:i + per_band]
+
+
 @torch.no_grad()
 def sliding_window_logits(
-    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    x1: np.ndarray,
-    x2: np.ndarray,
+    predict: Callable[..., torch.Tensor],
+    x1: ArrayLike,
+    x2: ArrayLike,
     num_classes: int,
     window: int = 32,
     stride: Optional[int] = None,
@@ -55,57 +105,127 @@ def sliding_window_logits(
     dtype: torch.dtype = torch.float32,
     progress: bool = False,
     pass_positions: bool = False,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel logits of a whole scene, averaged over overlapping windows.
+    out: Optional[np.ndarray] = None,
+) -> Tuple[Union[torch.Tensor, np.ndarray], torch.Tensor]:
+    """Per-pixel logits of a whole scene, averaged over overlapping windows, streamed band by band.
 
     Args:
-        predict: maps window batches (B, C1, w, w), (B, C2, w, w) to logits (B, K, w, w).
-        x1, x2: (C, H, W) normalised arrays of the scene.
+        predict: maps window batches (B, C1, w, w), (B, C2, w, w) on ``device`` to logits (B, K, w, w).
+        x1, x2: (C, H, W) normalised scene arrays: numpy arrays (memmaps are read band by band) or
+            tensors (CPU, or already resident on ``device``).
         window, stride: window side and step (default ``window // 2``; at most ``window``).
         margin: reflect padding around the scene (default ``window - stride``: with a stride that
             divides the window, border pixels are then covered as often as interior ones).
+        batch_size: windows per ``predict`` call; a band of the scene holds about this many windows.
+        device: where windows are cut, predicted and accumulated.
+        dtype: accumulator dtype.
         pass_positions: call ``predict(b1, b2, positions)`` with each window's (top, left) in scene
             coordinates (negative inside the top/left padding), e.g. for position-aware checks.
+        out: optional (K, H, W) float array (e.g. ``numpy.lib.format.open_memmap``) that receives the
+            averaged logits row band by row band; with it, no full-scene logits are held in memory.
     Returns:
-        ``(logits, counts)``: the stitched (K, H, W) float32 logits (CPU) and the (H, W) number of
-        windows each pixel was averaged over (every entry >= 1).
+        ``(logits, counts)``: the stitched (K, H, W) logits (a CPU float32 tensor, or ``out``) and the
+        (H, W) number of windows each pixel was averaged over (every entry >= 1).
     """
+    if x1.shape[-2:] != x2.shape[-2:]:
+        raise ValueError(f"the two modalities must share H x W, got {tuple(x1.shape)} and {tuple(x2.shape)}")
     stride = window // 2 if stride is None else stride
     stride = max(1, stride)
     margin = (window - stride) if margin is None else margin
-    h, w = x1.shape[-2:]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    h, w = (int(v) for v in x1.shape[-2:])
     rows, total_h = tile_positions(h, window, stride, margin)
     cols, total_w = tile_positions(w, window, stride, margin)
-    p1 = reflect_pad(x1, margin, total_h - h - margin, margin, total_w - w - margin)
-    p2 = reflect_pad(x2, margin, total_h - h - margin, margin, total_w - w - margin)
-    t1 = torch.from_numpy(np.ascontiguousarray(p1))
-    t2 = torch.from_numpy(np.ascontiguousarray(p2))
-    acc = torch.zeros(num_classes, total_h, total_w, dtype=dtype, device=device)
-    cnt = torch.zeros(total_h, total_w, dtype=dtype, device=device)
-    positions = [(r, c) for r in rows for c in cols]
-    batches = range(0, len(positions), batch_size)
+    if out is not None and tuple(out.shape) != (num_classes, h, w):
+        raise ValueError(f"out must have shape {(num_classes, h, w)}, got {tuple(out.shape)}")
+    result = out if out is not None else torch.empty(num_classes, h, w, dtype=torch.float32)
+    row_cover = window_coverage(rows, window, total_h)
+    col_cover = window_coverage(cols, window, total_w)
+    counts = torch.from_numpy(np.outer(row_cover[margin:margin + h], col_cover[margin:margin + w]))
+
+    src_cols = reflect_index(np.arange(total_w) - margin, w)
+    col_index = torch.as_tensor(cols, device=device)
+    # flat column indices of every window of a row of windows, for one index_add_ per band row
+    win_cols = (col_index[:, None] + torch.arange(window, device=device)[None, :]).reshape(-1)
+    inv_col_cover = torch.from_numpy(1.0 / col_cover).to(device, dtype)
+
+    acc = torch.zeros(num_classes, 0, total_w, dtype=dtype, device=device)
+    acc_top = 0  # padded row of acc's first row
+    done = 0     # padded rows [0, done) are finished and handed back
+    bar = None
     if progress:
         try:
             from tqdm.auto import tqdm
-            batches = tqdm(batches, desc="predict", leave=False)
+            bar = tqdm(total=len(rows) * len(cols), desc="predict", unit="win", leave=False)
         except ImportError:  # pragma: no cover
             pass
-    for start in batches:
-        chunk = positions[start:start + batch_size]
-        b1 = torch.stack([t1[:, r:r + window, c:c + window] for r, c in chunk]).to(device)
-        b2 = torch.stack([t2[:, r:r + window, c:c + window] for r, c in chunk]).to(device)
-        if pass_positions:
-            logits = predict(b1, b2, [(r - margin, c - margin) for r, c in chunk]).to(dtype)
-        else:
-            logits = predict(b1, b2).to(dtype)
-        if logits.shape != (len(chunk), num_classes, window, window):
-            raise ValueError(f"predict returned {tuple(logits.shape)}, expected {(len(chunk), num_classes, window, window)}")
-        for (r, c), lg in zip(chunk, logits):
-            acc[:, r:r + window, c:c + window] += lg
-            cnt[r:r + window, c:c + window] += 1
-    acc = acc[:, margin:margin + h, margin:margin + w]
-    cnt = cnt[margin:margin + h, margin:margin + w]
-    return (acc / cnt).float().cpu(), cnt.cpu()
+
+    def flush(upto: int) -> None:
+        # padded rows [done, upto) will get no more windows: average and hand them back
+        nonlocal acc, acc_top, done
+        if upto <= done:
+            return
+        n = upto - acc_top
+        part = acc[:, :n] * inv_col_cover
+        lo, hi = max(done, margin), min(upto, margin + h)
+        if hi > lo:
+            rc = torch.from_numpy(1.0 / row_cover[lo:hi]).to(device, dtype)[None, :, None]
+            block = (part[:, lo - acc_top:hi - acc_top, margin:margin + w] * rc).float().cpu()
+            if out is not None:
+                result[:, lo - margin:hi - margin] = block.numpy()
+            else:
+                result[:, lo - margin:hi - margin] = block
+        acc = acc[:, n:]
+        acc_top = done = upto
+
+    for band in _bands(rows, len(cols), batch_size):
+        top, bottom = band[0], band[-1] + window
+        flush(top)  # rows above this band's first window are final
+        if acc_top + acc.shape[1] < bottom:
+            grow = bottom - (acc_top + acc.shape[1])
+            acc = torch.cat([acc, acc.new_zeros(num_classes, grow, total_w)], dim=1)
+        src_rows = reflect_index(np.arange(top, bottom) - margin, h)
+        strips = [_read_rows(x, src_rows, src_cols).to(device, non_blocking=True) for x in (x1, x2)]
+        positions = [(r, c) for r in band for c in cols]
+        for start in range(0, len(positions), batch_size):
+            chunk = positions[start:start + batch_size]
+            b1, b2 = (_cut(s, chunk, top, window) for s in strips)
+            if pass_positions:
+                logits = predict(b1, b2, [(r - margin, c - margin) for r, c in chunk])
+            else:
+                logits = predict(b1, b2)
+            if tuple(logits.shape) != (len(chunk), num_classes, window, window):
+                raise ValueError(
+                    f"predict returned {tuple(logits.shape)}, expected {(len(chunk), num_classes, window, window)}")
+            logits = logits.to(device, dtype)
+            i = 0
+            while i < len(chunk):  # windows of one band row go in with one index_add_
+                r = chunk[i][0]
+                j = i
+                while j < len(chunk) and chunk[j][0] == r:
+                    j += 1
+                idx = win_cols if j - i == len(cols) else \
+                    (torch.as_tensor([c for _, c in chunk[i:j]], device=device)[:, None]
+                     + torch.arange(window, device=device)[None, :]).reshape(-1)
+                vals = logits[i:j].permute(1, 2, 0, 3).reshape(num_classes, window, -1)
+                acc[:, r - acc_top:r - acc_top + window].index_add_(2, idx, vals)
+                i = j
+            if bar is not None:
+                bar.update(len(chunk))
+    flush(total_h)
+    if bar is not None:
+        bar.close()
+    return result, counts
+
+
+def _cut(strip: torch.Tensor, chunk: Sequence[Tuple[int, int]], top: int, window: int) -> torch.Tensor:
+    """Windows (B, C, w, w) of a band strip (C, band_h, W_padded), cut on the strip's device."""
+    view = strip.unfold(1, window, 1).unfold(2, window, 1)  # (C, nr, nc, w, w), no copy
+    r = torch.as_tensor([p[0] - top for p in chunk], device=strip.device)
+    c = torch.as_tensor([p[1] for p in chunk], device=strip.device)
+    return view[:, r, c].permute(1, 0, 2, 3).contiguous()
 
 
 class TrainWindows:
@@ -137,6 +257,12 @@ class TrainWindows:
         self.anchors = np.argwhere(labels > 0) + p  # padded coordinates
         if len(self.anchors) == 0:
             raise ValueError("no training pixel to sample windows around")
+
+    def to(self, device) -> "TrainWindows":
+        """Keep the padded scene resident on ``device``: windows are then cut there, not on the host."""
+        for name in ("x1", "x2", "y", "valid"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def epoch_plan(self, epoch: int, seed: int, samples: Optional[int] = None, rank: int = 0,
                    world_size: int = 1) -> np.ndarray:

@@ -353,6 +353,8 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
         model = build_model(cfg["model"], scene.in_chans, scene.num_classes).to(device)
         x1, x2 = norm.apply(scene.modality1, scene.modality2)
         windows = TrainWindows(x1, x2, scene.train_mask, window=tc["window"], augment=tc["augment"])
+        if device.type == "cuda":
+            windows.to(device)  # the padded scene is small next to the model: cut windows on the GPU
         samples = tc["samples_per_epoch"] or len(windows.anchors)
         per_rank = samples // dinfo.world_size if dinfo.enabled else samples
         if per_rank < 1:
