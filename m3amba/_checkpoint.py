@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Union
@@ -9,9 +10,12 @@ from typing import Dict, Iterable, Mapping, Union
 import torch
 from torch import nn
 
+from ._faults import pause_point
+from ._hub import WeightsIntegrityError
+
 __all__ = [
     "read_torch_file", "load_state_dict_file", "load_checkpoint", "check_fit", "save_state_dict_file",
-    "CheckpointMismatchError",
+    "CheckpointMismatchError", "WeightsFileCorruptError",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -21,15 +25,32 @@ class CheckpointMismatchError(RuntimeError):
     """A checkpoint's tensors do not fit the model (missing, unexpected or mis-shaped keys)."""
 
 
+class WeightsFileCorruptError(WeightsIntegrityError, ValueError):
+    """A weights file cannot be parsed: truncated or corrupt (an integrity error, and a ``ValueError``)."""
+
+
 def read_torch_file(path: PathLike):
-    """``torch.load(path, weights_only=True)`` on the CPU, with a clear error for files that need unpickling."""
+    """``torch.load(path, weights_only=True)`` on the CPU, with a clear error for files that need unpickling.
+
+    Nothing is ever unpickled beyond tensors and plain containers: a file whose pickle would build
+    other objects (and could run code while doing so) is refused with a :class:`ValueError`, as is a
+    truncated or corrupt file (:class:`WeightsFileCorruptError`, a ``ValueError`` too).
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except pickle.UnpicklingError as exc:
         raise ValueError(
-            f"{path} could not be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
-            "Files that need arbitrary unpickling are refused, as unpickling can run code; re-save the "
-            "tensors with safetensors (or load the file yourself only if you trust it)."
+            f"{path} could not be read with torch.load(weights_only=True) ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else exc!r}). Files that need arbitrary unpickling are refused, "
+            "as unpickling can run code; re-save the tensors with safetensors (or load the file yourself only if "
+            "you trust it)."
+        ) from exc
+    except Exception as exc:  # EOFError / zip-reader RuntimeError: an incomplete file
+        raise WeightsFileCorruptError(
+            f"{path} could not be read with torch.load(weights_only=True) ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'empty file'}); it is truncated or corrupt (an "
+            "interrupted download or copy?): fetch or copy it again. Files that need arbitrary unpickling "
+            "are refused as well."
         ) from exc
 
 
@@ -44,7 +65,13 @@ def load_state_dict_file(path: PathLike) -> Dict[str, torch.Tensor]:
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as exc:  # safetensors reports damaged files with its own exception type
+            raise WeightsFileCorruptError(
+                f"{path} could not be read as safetensors ({type(exc).__name__}: {exc}); it is truncated or "
+                "corrupt (an interrupted download, copy or write?): fetch or copy it again"
+            ) from exc
     obj = read_torch_file(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_dict"):
@@ -68,10 +95,26 @@ def save_state_dict_file(state_dict: Mapping[str, torch.Tensor], path: PathLike,
         save_file(tensors, tmp, metadata=dict(metadata or {}))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        pause_point("weights-temp")
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:  # pragma: no cover  (platforms without directory file descriptors)
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
 
 
 def check_fit(model: nn.Module, own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],

@@ -25,7 +25,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 from torch import nn
 
-from ._checkpoint import save_state_dict_file
+from ._checkpoint import _fsync_dir, save_state_dict_file
 from ._hub import hf_endpoint, sha256_file
 from ._model_card import model_card
 from ._pretrained import PretrainedCfg
@@ -88,6 +88,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -1,5 +1,5 @@
 """The ``m3amba`` command line: ``list``, ``info``, ``check``, ``convert``, ``train``, ``evaluate``,
-``predict`` and ``demo``."""
+``predict``, ``demo``, ``baseline`` (per-pixel random forest), ``export`` and ``recipe`` (model cards)."""
 from __future__ import annotations
 
 import argparse
@@ -116,7 +116,33 @@ def _train_overrides(args: argparse.Namespace) -> dict:
         over["train"]["device"] = args.device
     if getattr(args, "seed", None) is not None:
         over["train"]["seed"] = args.seed
+    if getattr(args, "deterministic", False):
+        over["train"]["deterministic"] = True
+    data = _data_overrides(args)
+    if data:
+        over["data"] = data
     return over
+
+
+def _nodata(text: str):
+    """``--nodata -9999`` (both modalities) or ``--nodata -9999,0`` (one value per modality; ``none`` = none)."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [None if p.lower() in ("none", "") else float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or two like -9999,0, got {text!r}") from None
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected a number or two like -9999,0, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _data_overrides(args: argparse.Namespace) -> dict:
+    data: dict = {}
+    if getattr(args, "nonfinite", None):
+        data["nonfinite"] = args.nonfinite
+    if getattr(args, "nodata", None) is not None:
+        data["nodata"] = args.nodata
+    return data
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -137,7 +163,9 @@ def _load_for_inference(args: argparse.Namespace):
     from m3amba.train import build_scene, load_trained
     device = args.device or ("cuda" if _cuda_available() else "cpu")
     tm = load_trained(args.checkpoint, device=device, use_ema=False if args.no_ema else None)
-    scene = build_scene(tm.config["data"], args.data_dir)
+    scene = build_scene({**tm.config["data"], **_data_overrides(args)}, args.data_dir)
+    if scene.value_report.any:
+        print(scene.value_report.summary())
     if list(scene.class_names) != list(tm.class_names):
         raise SystemExit(f"the scene's classes {scene.class_names} differ from the checkpoint's {tm.class_names}")
     return tm, scene
@@ -214,6 +242,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                                    ec["batch_size"], tm.device, tm.config["train"].get("amp", True),
                                    progress=not args.quiet and sys.stderr.isatty())
     class_map = (logits.argmax(0) + 1).numpy().astype("uint16")  # 1..K, the label-map convention
+    if scene.valid_mask is not None:  # pixels masked for NaN/Inf/nodata values (nonfinite: mask): 0 = no data
+        class_map[~scene.valid_mask] = 0
     h, w = scene.shape
     print(f"predicted {class_map.size} of {h * w} pixels ({h} x {w}; every pixel averaged over "
           f"{int(counts.min())}..{int(counts.max())} windows) in {time.perf_counter() - start:.1f}s")
@@ -252,6 +282,84 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo done in {time.perf_counter() - start:.1f}s (training + test evaluation {t_train:.1f}s): "
           f"OA {100 * m['oa']:.2f}%  AA {100 * m['aa']:.2f}%  kappa {m['kappa']:.4f} on {m['count']} test pixels "
           f"(expected {m['expected_count']})")
+    return 0
+
+
+def _tolerance(args: argparse.Namespace) -> dict:
+    return {} if args.tolerance is None else {"retrain_pp": args.tolerance}
+
+
+def _cmd_baseline(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from m3amba.baselines import baseline_from_config
+    from m3amba.data import DataNotFoundError
+    from m3amba.metrics import format_metrics
+    from m3amba.train import load_config
+    config = args.config_opt or args.config
+    if config is None:
+        raise SystemExit("m3amba baseline: give the training config, e.g. m3amba baseline configs/eolearn_tiny.yaml")
+    try:
+        m = baseline_from_config(load_config(config), args.data_dir, n_estimators=args.n_estimators, seed=args.seed,
+                                 split=args.split)
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except DataNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    p = m["params"]
+    print(f"{m['scene']}, {args.split} split: per-pixel random forest ({p['n_estimators']} trees, seed "
+          f"{p['random_state']}) on {m['features']} normalised bands ({m['normalization']['method']}, "
+          f"{m['normalization']['source']} statistics), {m['train_count']} training pixels; fit {m['fit_time_s']:.1f}s, "
+          f"predict {m['predict_time_s']:.1f}s")
+    print(format_metrics(m, m["expected_count"]))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(m, indent=2))
+        print(f"wrote {out}")
+    return 0 if m["count"] == m["expected_count"] else 1
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from m3amba.data import DataNotFoundError
+    from m3amba.export import export_run
+    try:
+        export_run(args.run_dir, args.out_dir, args.tag, data_dir=args.data_dir, device=args.device,
+                   use_ema=False if args.no_ema else None, baseline=not args.no_baseline,
+                   n_estimators=args.n_estimators, tolerance=_tolerance(args), license=args.license,
+                   command=args.command, notes=args.notes, trained_on=args.trained_on,
+                   allow_random_clip=args.allow_random_clip,
+                   progress=not args.quiet and sys.stderr.isatty())
+    except (DataNotFoundError, ImportError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _recipe_argv(args: argparse.Namespace) -> list:
+    """The recipe's own command line (recorded on the card as the command that reproduces it)."""
+    argv = ["recipe", str(args.config), "--out", str(args.out), "--tag", args.tag]
+    for flag, value in (("--card-dir", args.card_dir), ("--data-dir", args.data_dir), ("--epochs", args.epochs),
+                        ("--seed", args.seed), ("--device", args.device), ("--n-estimators", args.n_estimators),
+                        ("--tolerance", args.tolerance), ("--license", args.license), ("--notes", args.notes)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + (["--allow-random-clip"] if args.allow_random_clip else [])
+
+
+def _cmd_recipe(args: argparse.Namespace) -> int:
+    from m3amba.data import DataNotFoundError
+    from m3amba.export import run_recipe
+    try:
+        run_recipe(args.config, args.out, args.tag, card_dir=args.card_dir, data_dir=args.data_dir,
+                   overrides=_train_overrides(args), n_estimators=args.n_estimators, tolerance=_tolerance(args),
+                   license=args.license, notes=args.notes, allow_random_clip=args.allow_random_clip,
+                   resume=args.resume, quiet=args.quiet, argv=_recipe_argv(args))
+    except (DataNotFoundError, ImportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -301,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                    help="stop after this epoch (checkpoint written; continue later with --resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms only (train.deterministic)")
+    _add_value_policy(p)
     p.set_defaults(func=_cmd_train)
 
     for name, helptext in (("evaluate", "OA / AA / kappa / per-class accuracy of a checkpoint on the test pixels"),
@@ -313,6 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stride", type=int, default=None, help="sliding-window step (default: the config's)")
         p.add_argument("--no-ema", action="store_true", help="use the raw weights even where EMA weights exist")
         p.add_argument("--quiet", action="store_true")
+        _add_value_policy(p)
         if name == "evaluate":
             p.add_argument("--split", default="test", choices=("test", "val", "train"))
             p.add_argument("--out", default=None, help="metrics JSON (default: metrics_<split>.json in the checkpoint)")
@@ -330,7 +441,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("baseline", help="per-pixel random forest on a config's scene, split and normalisation")
+    p.add_argument("config", nargs="?", default=None, help="the training config, e.g. configs/eolearn_tiny.yaml")
+    p.add_argument("--config", dest="config_opt", default=None, help="the same, as an option (like m3amba train)")
+    p.add_argument("--data-dir", default=None, help="folder of the data set's files (overrides the config)")
+    p.add_argument("--out", default=None, help="write the metrics as JSON")
+    p.add_argument("--n-estimators", type=int, default=500, help="trees (default 500)")
+    p.add_argument("--seed", type=int, default=None, help="the forest's seed (default: the config's train.seed)")
+    p.add_argument("--split", default="test", choices=("test", "val"))
+    p.set_defaults(func=_cmd_baseline)
+
+    def card_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--tag", required=True, help="pretrained tag, e.g. eolearn_lulc (weights become <model>.<tag>)")
+        p.add_argument("--data-dir", default=None, help="folder of the data set's files")
+        p.add_argument("--n-estimators", type=int, default=None, help="trees of the random-forest baseline (500)")
+        p.add_argument("--tolerance", type=float, default=None, metavar="PP",
+                       help="retraining tolerance stated on the card, percentage points of OA/AA/kappa (default 2)")
+        p.add_argument("--license", default=None, help="license of the weights for the card, e.g. apache-2.0")
+        p.add_argument("--notes", default=None, help="free text for the card")
+        p.add_argument("--allow-random-clip", action="store_true",
+                       help="export a CLIP variant built with a random tower (tests only; never publish it)")
+        p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("export", help="evaluate a run per pixel, add the random-forest baseline, write a "
+                                      "publishable folder (weights, config.json, model card)")
+    p.add_argument("run_dir", help="run folder of m3amba train (or a checkpoint folder)")
+    p.add_argument("out_dir", help="folder to write (model.safetensors, config.json, README.md)")
+    card_options(p)
+    p.add_argument("--device", default=None)
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights even where EMA weights exist")
+    p.add_argument("--no-baseline", action="store_true", help="leave the random-forest baseline out of the card")
+    p.add_argument("--command", default=None, help="the command that reproduces the run (default: recorded by recipe)")
+    p.add_argument("--trained-on", default=None, metavar="DEVICE",
+                   help="device / card of the training, e.g. '2 x NVIDIA H100' (default: recorded by recipe)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("recipe", help="train from a config, evaluate per pixel, compute the random-forest baseline "
+                                      "and write a publishable model card (one command per scene)")
+    p.add_argument("config", help="e.g. configs/houston2013/m3amba_base.yaml")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, logs, run_info.json)")
+    p.add_argument("--card-dir", default=None, help="the publishable folder (default: <out>/export)")
+    card_options(p)
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--seed", type=int, default=None, help="override train.seed")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the config's, auto)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder's newest checkpoint")
+    p.set_defaults(func=_cmd_recipe)
     return parser
+
+
+def _add_value_policy(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nonfinite", choices=("raise", "fail", "fill", "mask"), default=None,
+                   help="NaN/Inf/nodata values in the scene: refuse (default), fill with the band mean, or "
+                        "fill and mask out of training/evaluation (data.nonfinite)")
+    p.add_argument("--nodata", type=_nodata, default=None, metavar="VALUE[,VALUE2]",
+                   help="a value meaning 'no data' (both modalities, or one per modality); treated like NaN")
 
 
 def _cuda_available() -> bool:

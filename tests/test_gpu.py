@@ -56,3 +56,20 @@ def test_model_forward_backward_on_gpu():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("backend", ["mamba", "triton", "torch"])
+def test_compiled_layers_match_eager(backend):
+    """compile_layers must not change what the model computes (fp32, every GPU scan backend)."""
+    import m3amba
+    if backend not in available_backends("cuda"):
+        pytest.skip(f"{backend} backend not available here")
+    torch.manual_seed(0)
+    model = m3amba.create_model("m3amba_tiny_noclip", in_chans=(13, 1), num_classes=6, scan_backend=backend).cuda().eval()
+    x1, x2 = torch.randn(8, 13, 32, 32, device="cuda"), torch.randn(8, 1, 32, 32, device="cuda")
+    with torch.no_grad():
+        eager = model(x1, x2)
+        model.compile_layers()
+        compiled = model(x1, x2)
+    rel = ((compiled - eager).norm() / eager.norm()).item()
+    assert rel < 1e-4, f"compiled layers differ from eager by {rel:.3e} (relative L2) with the {backend} scan"

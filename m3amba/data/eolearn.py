@@ -92,6 +92,8 @@ def load_eolearn_slovenia(
     block_size: Optional[int] = None,
     seed: int = 0,
     verify: bool = True,
+    nonfinite: Optional[str] = None,
+    nodata=None,
 ) -> Scene:
     """Load the eo-learn Slovenia patch as a :class:`Scene` (see the module doc for the protocol).
 
@@ -101,7 +103,10 @@ def load_eolearn_slovenia(
         train_per_class, train_fraction, val_per_class, block_size, seed: the split, see
             :func:`~m3amba.data.scene.split_labels` (``train_fraction`` replaces ``train_per_class``).
         verify: check the files' sha256 against :data:`EOLEARN_SHA256`.
+        nonfinite, nodata: NaN/Inf/nodata policy of the :class:`Scene` (default: :func:`~m3amba.data.scene.scene_defaults`).
     """
+    from .files import read_array
+
     folder = find_eolearn_dir(data_dir)
     if verify:
         for name, digest in EOLEARN_SHA256.items():
@@ -109,9 +114,14 @@ def load_eolearn_slovenia(
             if got != digest:
                 raise ValueError(f"{folder / name}: sha256 {got} differs from the expected {digest} "
                                  "(a different or damaged file; verify=False skips the check)")
-    s2 = np.load(folder / "s2_l1c.npy", allow_pickle=False)
-    dem = np.load(folder / "dem.npy", allow_pickle=False)
-    lulc = np.load(folder / "lulc.npy", allow_pickle=False)[..., 0].astype(np.int64)
+    s2 = read_array(folder / "s2_l1c.npy")  # clear errors for truncated files (verify=False) or pickled objects
+    dem = read_array(folder / "dem.npy")
+    lulc = read_array(folder / "lulc.npy")
+    for name, a, ndim in (("s2_l1c.npy", s2, 4), ("dem.npy", dem, 3), ("lulc.npy", lulc, 3)):
+        if a.ndim != ndim:
+            raise ValueError(f"{folder / name} has shape {a.shape}; expected {ndim} dimensions "
+                             "(s2_l1c (dates, H, W, 13), dem (H, W, 1), lulc (H, W, 1))")
+    lulc = lulc[..., 0].astype(np.int64)
     if date == "stack":
         m1 = np.concatenate(list(s2), axis=-1)
         names1 = [f"t{t}_{b}" for t in range(s2.shape[0]) for b in S2_BANDS]
@@ -135,5 +145,5 @@ def load_eolearn_slovenia(
     split = dict(train_per_class=train_per_class, train_fraction=train_fraction, val_per_class=val_per_class,
                  block_size=block_size, seed=seed)
     return Scene(m1, dem, train, test, [EOLEARN_LEGEND[v] for v in present], layout="hwc", val_mask=val,
-                 name="eolearn_slovenia", band_names=(names1, ["DEM"]),
+                 name="eolearn_slovenia", band_names=(names1, ["DEM"]), nonfinite=nonfinite, nodata=nodata,
                  meta={"source_values": present, "date": date, "split": split, "data_dir": str(folder)})

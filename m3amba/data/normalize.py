@@ -4,7 +4,8 @@ Methods: ``"minmax"`` (offset = band minimum, scale = max - min: values in [0, 1
 implementation's pre-processing does) and ``"zscore"`` (offset = mean, scale = standard deviation).
 Statistics come from the whole scene (``source="scene"``, the default and the usual practice in the
 literature: the image itself, not its labels, is seen) or from the training pixels only
-(``source="train"``, stricter: nothing of the test area enters the statistics).
+(``source="train"``, stricter: nothing of the test area enters the statistics). Pixels a scene masked
+for NaN/Inf/nodata values (``Scene(nonfinite="mask")``) never enter the statistics.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ class NormStats:
 
     def apply(self, x1: np.ndarray, x2: np.ndarray):
         """Normalise (C, H, W) arrays of both modalities (new float32 arrays)."""
+        have, want = (x1.shape[0], x2.shape[0]), (len(self.offset1), len(self.offset2))
+        if have != want:
+            raise ValueError(f"the scene has {have[0]} + {have[1]} bands but these normalisation statistics (and the "
+                             f"model they were stored with) have {want[0]} + {want[1]}: a scene from other sensors "
+                             "or another band selection than the checkpoint's?")
         return (((x1 - self.offset1[:, None, None]) / self.scale1[:, None, None]).astype(np.float32),
                 ((x2 - self.offset2[:, None, None]) / self.scale2[:, None, None]).astype(np.float32))
 
@@ -70,6 +76,9 @@ def compute_norm_stats(scene, method: str = "minmax", source: str = "scene") -> 
     if source not in SOURCES:
         raise ValueError(f"normalisation source must be one of {SOURCES}, got {source!r}")
     mask = scene.train_mask > 0 if source == "train" else None
+    valid = getattr(scene, "valid_mask", None)  # pixels masked for NaN/Inf/nodata (nonfinite="mask") stay out
+    if valid is not None:
+        mask = valid if mask is None else (mask & valid)
     o1, s1 = _band_stats(scene.modality1, mask, method)
     o2, s2 = _band_stats(scene.modality2, mask, method)
     return NormStats(o1, s1, o2, s2, method, source)

@@ -7,19 +7,46 @@ Conventions (the common ones of the multi-modal remote-sensing benchmarks):
 * modalities are given channels-last (H, W, C) by default (the layout of the ``.mat`` files the
   benchmarks ship), or channels-first (C, H, W) with ``layout="chw"``; a 2-D (H, W) array is one band.
   Inside a :class:`Scene` they are stored channels-first float32 (C, H, W), the layout models take.
+* NaN, Inf and nodata values are counted per band and then refused, filled or masked
+  (``nonfinite=``, see :class:`Scene`); :func:`scene_defaults` sets the policy for every scene built
+  inside a ``with`` block (how ``m3amba train``'s ``data.nonfinite`` reaches any reader).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["Scene", "SceneError", "split_labels", "as_chw"]
+from .validate import (Nodata, SceneError, ValueReport, as_georef, check_same_grid, fill_invalid, resolve_policy,
+                       scan_values)
+
+__all__ = ["Scene", "SceneError", "split_labels", "as_chw", "scene_defaults"]
+
+_DEFAULTS: contextvars.ContextVar[Dict[str, Any]] = contextvars.ContextVar(
+    "m3amba_scene_defaults", default={"nonfinite": "raise", "nodata": None})
 
 
-class SceneError(ValueError):
-    """A scene's arrays are inconsistent (shapes, labels, masks or non-finite values)."""
+@contextlib.contextmanager
+def scene_defaults(nonfinite: Optional[str] = None, nodata: Nodata = None) -> Iterator[None]:
+    """Within the block, scenes built without ``nonfinite=`` / ``nodata=`` use these (readers included).
+
+    Args:
+        nonfinite: ``"raise"`` (``"fail"``), ``"fill"`` or ``"mask"``; None keeps the current default.
+        nodata: a value meaning "no data" in both modalities, or a pair; None keeps the current default.
+    """
+    current = dict(_DEFAULTS.get())
+    if nonfinite is not None:
+        current["nonfinite"] = resolve_policy(nonfinite)
+    if nodata is not None:
+        current["nodata"] = nodata
+    token = _DEFAULTS.set(current)
+    try:
+        yield
+    finally:
+        _DEFAULTS.reset(token)
 
 
 def as_chw(array, layout: str = "hwc", name: str = "modality") -> np.ndarray:
@@ -75,10 +102,23 @@ class Scene:
         val_mask: optional validation label map (same convention), disjoint from train and test.
         name: a short name, e.g. ``"eolearn_slovenia"``.
         band_names: optional ``(names1, names2)``.
-        nonfinite: ``"raise"`` (default) refuses NaN/Inf values, listing counts per band;
-            ``"fill"`` replaces them by the band's mean of finite values (with a warning).
+        nonfinite: what to do with NaN, +Inf, -Inf and ``nodata`` values (counted per band first, see
+            :attr:`value_report`): ``"raise"`` (or ``"fail"``) refuses them, listing counts per band;
+            ``"fill"`` replaces them by the band's mean of valid values (with a warning); ``"mask"``
+            fills them too, and takes the affected pixels out of every label map (they are neither
+            trained on nor evaluated; :attr:`valid_mask` marks them False, ``m3amba predict`` writes 0
+            there). None: the :func:`scene_defaults` in effect, else ``"raise"``.
         allow_overlap: accept pixels labelled in both train and test (refused by default).
         meta: free-form provenance (split settings, checksums, source ids...).
+        nodata: a value meaning "no data" in both modalities (e.g. -9999), or a pair
+            ``(nodata1, nodata2)``; treated like NaN. None: the :func:`scene_defaults` in effect, else none.
+        georef: optional georeferencing of the modalities, ``(geo1, geo2)`` (or one for both): each a
+            mapping or object with ``crs`` and/or ``transform`` (6 affine coefficients, e.g. a rasterio
+            dataset's). Modalities on different grids are refused.
+
+    Attributes:
+        value_report: the :class:`~m3amba.data.validate.ValueReport` of the modalities as given.
+        valid_mask: (H, W) bool, False on pixels masked by ``nonfinite="mask"``; None when no pixel is masked.
     """
 
     def __init__(
@@ -92,9 +132,11 @@ class Scene:
         val_mask=None,
         name: str = "scene",
         band_names=None,
-        nonfinite: str = "raise",
+        nonfinite: Optional[str] = None,
         allow_overlap: bool = False,
         meta: Optional[Dict] = None,
+        nodata: Nodata = None,
+        georef=None,
     ) -> None:
         self.name = name
         self.class_names: List[str] = [str(c) for c in class_names]
@@ -109,14 +151,22 @@ class Scene:
         if (h1, w1) != (h2, w2):
             hint = "" if layout == "chw" else " (channels-first arrays? pass layout='chw')"
             raise SceneError(f"modality1 is {h1}x{w1} but modality2 is {h2}x{w2}; they must be co-registered{hint}")
+        self.georef = self._georef(georef)
         shape = (h1, w1)
         k = len(self.class_names)
         self.train_mask = _label_map(train_mask, "train_mask", shape, k)
         self.test_mask = (np.zeros(shape, np.int64) if test_mask is None
                           else _label_map(test_mask, "test_mask", shape, k))
         self.val_mask = None if val_mask is None else _label_map(val_mask, "val_mask", shape, k)
+        defaults = _DEFAULTS.get()
+        self.valid_mask: Optional[np.ndarray] = None
+        self.value_report: ValueReport = self._check_values(
+            resolve_policy(defaults["nonfinite"] if nonfinite is None else nonfinite),
+            defaults["nodata"] if nodata is None else nodata)
         if not (self.train_mask > 0).any():
-            raise SceneError("train_mask has no labelled pixel (all 0): nothing to train on")
+            masked = "" if self.valid_mask is None else (
+                f" after masking {int((~self.valid_mask).sum())} pixels with invalid values (nonfinite='mask')")
+            raise SceneError(f"train_mask has no labelled pixel (all 0){masked}: nothing to train on")
         if test_mask is not None and not (self.test_mask > 0).any():
             raise SceneError("test_mask has no labelled pixel (all 0); pass test_mask=None for a scene without test labels")
         if self.val_mask is not None and not (self.val_mask > 0).any():
@@ -132,32 +182,63 @@ class Scene:
                         f"{overlap} pixels are labelled in both the {pairs[i][0]} and the {pairs[j][0]} mask; "
                         "the splits must be disjoint (allow_overlap=True to accept)"
                     )
-        self._check_finite(nonfinite)
-        missing = [self.class_names[c] for c in range(k) if not (self.train_mask == c + 1).any()]
-        if missing:
-            warnings.warn(f"classes without training pixels: {', '.join(missing)}", stacklevel=2)
+        self._warn_missing_classes()
         self.band_names = band_names
         self.meta = dict(meta or {})
 
-    def _check_finite(self, policy: str) -> None:
-        if policy not in ("raise", "fill"):
-            raise SceneError(f"nonfinite must be 'raise' or 'fill', got {policy!r}")
-        problems = []
-        for i, m in enumerate((self.modality1, self.modality2), start=1):
-            bad = ~np.isfinite(m)
-            per_band = bad.reshape(m.shape[0], -1).sum(1)
-            if not per_band.any():
+    @staticmethod
+    def _georef(georef):
+        if georef is None:
+            return None
+        if isinstance(georef, (tuple, list)) and len(georef) == 2:
+            g1, g2 = as_georef(georef[0]), as_georef(georef[1])
+        else:
+            g1 = g2 = as_georef(georef)
+        check_same_grid(g1, g2)
+        return g1, g2
+
+    def _check_values(self, policy: str, nodata: Nodata) -> ValueReport:
+        report, (bad1, bad2) = scan_values(self.modality1, self.modality2, nodata)
+        report.policy = policy
+        if not report.any:
+            return report
+        problems = "; ".join(report.problems())
+        if policy == "raise":
+            raise SceneError(problems + " (nonfinite='fill' replaces them by the band mean; nonfinite='mask' also "
+                             "takes those pixels out of training and evaluation)")
+        fill_invalid(self.modality1, bad1)
+        fill_invalid(self.modality2, bad2)
+        if policy == "fill":
+            warnings.warn(problems + "; replaced by the band mean", stacklevel=3)
+            return report
+        self.valid_mask = ~report.invalid_pixels
+        for split in ("train", "val", "test"):
+            mask = getattr(self, f"{split}_mask")
+            if mask is None:
                 continue
-            listing = ", ".join(f"band {b}: {int(n)}" for b, n in enumerate(per_band) if n)
-            problems.append(f"modality{i} has non-finite values ({listing})")
-            if policy == "fill":
-                for b in np.nonzero(per_band)[0]:
-                    good = m[b][np.isfinite(m[b])]
-                    m[b][~np.isfinite(m[b])] = good.mean() if good.size else 0.0
-        if problems and policy == "raise":
-            raise SceneError("; ".join(problems) + " (nonfinite='fill' replaces them by the band mean)")
-        if problems:
-            warnings.warn("; ".join(problems) + "; replaced by the band mean", stacklevel=3)
+            hit = (mask > 0) & report.invalid_pixels
+            if hit.any():
+                report.dropped_labels[split] = int(hit.sum())
+                mask[hit] = 0
+        dropped = ", ".join(f"{k} {v}" for k, v in report.dropped_labels.items()) or "none"
+        warnings.warn(f"{problems}; replaced by the band mean, and the {int(report.invalid_pixels.sum())} pixels "
+                      f"concerned masked out (labelled pixels taken out: {dropped})", stacklevel=3)
+        return report
+
+    def _warn_missing_classes(self) -> None:
+        k = self.num_classes
+        train = np.bincount(self.train_mask.ravel(), minlength=k + 1)[1:]
+        test = np.bincount(self.test_mask.ravel(), minlength=k + 1)[1:]
+        missing = [c for c in range(k) if not train[c]]
+        if not missing:
+            return
+        msg = f"classes without training pixels: {', '.join(self.class_names[c] for c in missing)}"
+        in_test = [c for c in missing if test[c]]
+        if in_test:
+            msg += ("; of these, " + ", ".join(f"{self.class_names[c]} ({int(test[c])} test pixels)" for c in in_test)
+                    + " appear in the test mask: the model cannot learn them, so their accuracy will be 0 "
+                    "(and they lower OA/AA/kappa)")
+        warnings.warn(msg, stacklevel=3)
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -192,6 +273,8 @@ class Scene:
         for i, c in enumerate(self.class_names):
             lines.append(f"  {c:<{width}} {tr[i]:>7} {va[i]:>7} {te[i]:>7}")
         lines.append(f"  {'total':<{width}} {tr.sum():>7} {va.sum():>7} {te.sum():>7}")
+        if self.value_report.any:
+            lines.extend("  " + line for line in self.value_report.summary().splitlines())
         return "\n".join(lines)
 
     def __repr__(self) -> str:

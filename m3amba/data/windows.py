@@ -106,6 +106,7 @@ def sliding_window_logits(
     progress: bool = False,
     pass_positions: bool = False,
     out: Optional[np.ndarray] = None,
+    pad_last_batch: bool = False,
 ) -> Tuple[Union[torch.Tensor, np.ndarray], torch.Tensor]:
     """Per-pixel logits of a whole scene, averaged over overlapping windows, streamed band by band.
 
@@ -123,6 +124,9 @@ def sliding_window_logits(
             coordinates (negative inside the top/left padding), e.g. for position-aware checks.
         out: optional (K, H, W) float array (e.g. ``numpy.lib.format.open_memmap``) that receives the
             averaged logits row band by row band; with it, no full-scene logits are held in memory.
+        pad_last_batch: give ``predict`` only full batches (a short batch is padded by repeating its
+            last window; the padding's outputs are dropped): compiled models and CUDA graphs then
+            see one shape.
     Returns:
         ``(logits, counts)``: the stitched (K, H, W) logits (a CPU float32 tensor, or ``out``) and the
         (H, W) number of windows each pixel was averaged over (every entry >= 1).
@@ -192,10 +196,14 @@ def sliding_window_logits(
         for start in range(0, len(positions), batch_size):
             chunk = positions[start:start + batch_size]
             b1, b2 = (_cut(s, chunk, top, window) for s in strips)
+            missing = batch_size - len(chunk) if pad_last_batch else 0
+            if missing:
+                b1, b2 = (torch.cat([b, b[-1:].expand(missing, *b.shape[1:])]) for b in (b1, b2))
             if pass_positions:
-                logits = predict(b1, b2, [(r - margin, c - margin) for r, c in chunk])
+                logits = predict(b1, b2, [(r - margin, c - margin) for r, c in chunk + [chunk[-1]] * missing])
             else:
                 logits = predict(b1, b2)
+            logits = logits[:len(chunk)]
             if tuple(logits.shape) != (len(chunk), num_classes, window, window):
                 raise ValueError(
                     f"predict returned {tuple(logits.shape)}, expected {(len(chunk), num_classes, window, window)}")

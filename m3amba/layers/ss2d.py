@@ -33,6 +33,15 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def _per_direction_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(K, O, I) per-direction weights applied to (B, K, I, L) sequences → (B, K, O, L).
+
+    A broadcast matmul: only the small weight is expanded over the batch, and the output comes out
+    in the (B, K, O, L) layout the scan reads (an einsum here permutes and copies the large input).
+    """
+    return torch.matmul(weight.to(x.dtype), x)
+
+
 class SS2D(nn.Module):
     """Four-direction 2-D selective scan (VMamba's SS2D) over channels-last features.
 
@@ -109,7 +118,7 @@ class SS2D(nn.Module):
               Cs: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Run the selective scan on cross-scanned inputs and merge to (B, H, W, Di)."""
         b, k, d, length = xs.shape
-        dts = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
+        dts = _per_direction_matmul(self.dt_projs_weight, dt_low)
         ys = selective_scan_fn(
             xs.reshape(b, k * d, length),
             dts.reshape(b, k * d, length),
@@ -134,7 +143,7 @@ class SS2D(nn.Module):
         _, height, width, _ = x.shape
         u, gate = self.in_proj(x).chunk(2, dim=-1)
         xs = cross_scan(self._conv_branch(u))
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        x_dbl = _per_direction_matmul(self.x_proj_weight, xs)
         dt_low, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
         return self._output(y, gate)
@@ -176,8 +185,8 @@ class CrossSS2D(SS2D):
         u_z = F.linear(z, w_u, b_u)
         xs = cross_scan(self._conv_branch(u))
         xs_z = cross_scan(self._conv_branch(u_z))
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        x_dbl = _per_direction_matmul(self.x_proj_weight, xs)
         dt_low, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state], dim=2)
-        Bs = torch.einsum("bkdl,knd->bknl", xs_z, self.B_proj_weight_fused)
+        Bs = _per_direction_matmul(self.B_proj_weight_fused, xs_z)
         y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
         return self._output(y, gate)

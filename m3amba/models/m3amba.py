@@ -103,7 +103,7 @@ class M3amba(nn.Module):
         self.img_size = img_size
         self.embed_dim = self.num_features = embed_dim
         self.clip_embed_trainable = clip_embed_trainable
-        self.grad_checkpointing = False
+        self.grad_checkpointing = 0  # number of leading trunk layers recomputed in the backward
         self.pretrained_cfg: Dict[str, Any] = {}
 
         self.patch_embeds = nn.ModuleList([PatchEmbed(c1, embed_dim), PatchEmbed(c2, embed_dim)])
@@ -143,9 +143,30 @@ class M3amba(nn.Module):
         return {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
 
     @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each trunk layer in the backward pass to save activation memory."""
-        self.grad_checkpointing = enable
+    def set_grad_checkpointing(self, enable: Union[bool, int] = True) -> None:
+        """Recompute trunk layers in the backward pass to save activation memory.
+
+        ``True`` recomputes every layer; an int ``n`` only the first ``n`` layers (a memory/speed
+        trade-off between the two extremes); ``False`` or 0 none.
+        """
+        if isinstance(enable, bool):
+            self.grad_checkpointing = len(self.layers) if enable else 0
+        elif isinstance(enable, int) and enable >= 0:
+            self.grad_checkpointing = min(enable, len(self.layers))
+        else:
+            raise ValueError(f"set_grad_checkpointing takes a bool or a layer count >= 0, got {enable!r}")
+
+    def compile_layers(self, **compile_kwargs: Any) -> "M3amba":
+        """``torch.compile`` every trunk layer in place; returns the model.
+
+        All layers share one class and shapes, so the layer is compiled once and reused (about a
+        ninth of the compile time of ``torch.compile(model)``), checkpoint keys stay unchanged, and
+        gradient checkpointing still applies around each compiled layer. Fuses the SS2D's
+        elementwise and layout work (see docs/benchmarks.md for what it gives).
+        """
+        for layer in self.layers:
+            layer.compile(**compile_kwargs)
+        return self
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -166,6 +187,15 @@ class M3amba(nn.Module):
 
     # -- inputs ---------------------------------------------------------------------------
     def _check_inputs(self, x1: torch.Tensor, x2: torch.Tensor) -> None:
+        """Refuse, with a message saying what to do, inputs the model cannot handle (see docs/reliability.md).
+
+        Checked: (B, C, H, W) tensors with the model's band counts, H and W >= 1, the same batch size
+        and H x W in both modalities (and the CLIP patch size), floating point in the weights' dtype (or
+        any float under autocast), on the weights' device, and finite: one NaN/Inf would spread through
+        the selective scan over the whole map (set ``model.check_finite_inputs = False`` to skip that
+        scan of the input). A batch of 0 samples gives an empty output (no-CLIP variants) or a clear
+        error (CLIP variants: the open_clip tower cannot run on 0 samples).
+        """
         for i, (x, c) in enumerate(((x1, self.in_chans[0]), (x2, self.in_chans[1])), start=1):
             if not isinstance(x, torch.Tensor) or x.dim() != 4:
                 shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -175,17 +205,51 @@ class M3amba(nn.Module):
                     f"modality {i} has {x.shape[1]} bands but the model was built for {c}; build it with "
                     f"in_chans={self._suggest_in_chans(i, x.shape[1])} (pretrained weights load except the band-dependent layers)"
                 )
+            if x.shape[2] < 1 or x.shape[3] < 1:
+                raise ValueError(f"modality {i} is {x.shape[2]}x{x.shape[3]} pixels; H and W must be at least 1")
             if not x.is_floating_point():
                 raise TypeError(f"modality {i} must be a floating-point tensor, got {x.dtype}; convert with x.float()")
         if x1.shape[0] != x2.shape[0] or x1.shape[-2:] != x2.shape[-2:]:
             raise ValueError(
                 f"the two modalities must share batch size and H x W, got {tuple(x1.shape)} and {tuple(x2.shape)}"
             )
+        if self.clip_encoder is not None and x1.shape[0] == 0:
+            raise ValueError("an empty batch (B=0) cannot go through the CLIP tower (open_clip fails on 0 samples); "
+                             "skip the call for empty batches (the no-CLIP variants return an empty output)")
         if self.clip_encoder is not None and tuple(x1.shape[-2:]) != (self.img_size, self.img_size):
             raise ValueError(
                 f"this CLIP-driven model takes {self.img_size}x{self.img_size} patches, got "
                 f"{tuple(x1.shape[-2:])}; tile larger scenes into windows (or build with img_size=...)"
             )
+        weight = self.patch_embeds[0].proj.weight if hasattr(self.patch_embeds[0], "proj") else next(self.parameters())
+        for i, x in enumerate((x1, x2), start=1):
+            if x.device != weight.device:
+                raise ValueError(f"modality {i} is on {x.device} but the model is on {weight.device}; "
+                                 f"move the input with x.to({str(weight.device)!r}) (or the model with model.to(...))")
+            try:
+                autocast = torch.is_autocast_enabled(x.device.type)
+            except TypeError:  # pragma: no cover  (older torch: no device argument)
+                autocast = torch.is_autocast_enabled()
+            if x.dtype != weight.dtype and not autocast:
+                raise TypeError(
+                    f"modality {i} is {x.dtype} but the model's weights are {weight.dtype}; convert the input with "
+                    f"x.to({weight.dtype}) or the model with model.to({x.dtype}) (both work on CPU and GPU)"
+                )
+        compiler = getattr(torch, "compiler", None)
+        tracing = (torch.jit.is_tracing() or torch.jit.is_scripting()
+                   or bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()))
+        if getattr(self, "check_finite_inputs", True) and not tracing:  # no data-dependent branch when compiled
+            for i, x in enumerate((x1, x2), start=1):
+                if x.numel() and not bool(torch.isfinite(x).all()):
+                    bad = ~torch.isfinite(x)
+                    per_band = bad.sum(dim=(0, 2, 3)).tolist()
+                    listing = ", ".join(f"band {b}: {n}" for b, n in enumerate(per_band) if n)
+                    raise ValueError(
+                        f"modality {i} holds {int(bad.sum())} NaN/Inf values ({listing}); one would spread through "
+                        "the selective scan over the whole output map. Clean the scene first: "
+                        "Scene(..., nonfinite='mask' or 'fill', nodata=...) or torch.nan_to_num "
+                        "(model.check_finite_inputs = False skips this check)"
+                    )
 
     def _suggest_in_chans(self, modality: int, bands: int) -> Tuple[int, int]:
         return (bands, self.in_chans[1]) if modality == 1 else (self.in_chans[0], bands)
@@ -222,8 +286,9 @@ class M3amba(nn.Module):
         self._check_inputs(x1, x2)
         return self.patch_embeds[0](x1), self.patch_embeds[1](x2), self._fused_stem(x1, x2, clip_embeds)
 
-    def _run_layer(self, layer: nn.Module, x, y, z):
-        if self.grad_checkpointing and torch.is_grad_enabled():
+    def _run_layer(self, index: int, x, y, z):
+        layer = self.layers[index]
+        if index < self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(layer, x, y, z, use_reentrant=False)
         return layer(x, y, z)
 
@@ -231,8 +296,8 @@ class M3amba(nn.Module):
                          clip_embeds: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> M3ambaFeatures:
         """Trunk output of the three streams, channels-last (B, H, W, D) each."""
         x, y, z = self._stems(x1, x2, clip_embeds)
-        for layer in self.layers:
-            x, y, z = self._run_layer(layer, x, y, z)
+        for i in range(len(self.layers)):
+            x, y, z = self._run_layer(i, x, y, z)
         return M3ambaFeatures(x, y, z)
 
     def forward_intermediates(
@@ -261,8 +326,8 @@ class M3amba(nn.Module):
         x, y, z = self._stems(x1, x2, clip_embeds)
         intermediates: List[M3ambaFeatures] = []
         last = max(take) if stop_early else len(self.layers) - 1
-        for i, layer in enumerate(self.layers[: last + 1]):
-            x, y, z = self._run_layer(layer, x, y, z)
+        for i in range(last + 1):
+            x, y, z = self._run_layer(i, x, y, z)
             if i in take:
                 feats = M3ambaFeatures(x, y, z)
                 intermediates.append(self._normed(feats) if norm else feats)

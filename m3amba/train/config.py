@@ -15,6 +15,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "date": 0,                   # eolearn_slovenia: 0..4 or "stack"
         "split": {"train_per_class": 50, "train_fraction": None, "val_per_class": 0, "block_size": None, "seed": 0},
         "normalization": {"method": "minmax", "source": "scene"},
+        "nonfinite": "raise",        # NaN/Inf/nodata values: raise (refuse, with counts per band), fill, mask
+        "nodata": None,              # a value meaning "no data" in both modalities, or [value1, value2]
     },
     "model": {
         "name": "m3amba_tiny_noclip",
@@ -33,10 +35,13 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "grad_clip": 1.0,            # max gradient norm; 0 or None = off
         "ema_decay": 0.0,            # 0 = no EMA; e.g. 0.999
         "amp": True,                 # bf16 autocast on CUDA (CPU always runs fp32)
+        "compile": False,            # torch.compile the training step's model (CUDA: ~2x faster, see docs/benchmarks.md)
+        "grad_checkpointing": 0,     # recompute this many leading trunk layers in the backward (True = all)
         "seed": 0,
         "device": "auto",
         "keep_checkpoints": 2,
         "eval_every": 1,             # validation every n epochs (when the split has a validation set)
+        "deterministic": False,      # torch.use_deterministic_algorithms(True) while training
     },
     "loss": {"lambda_sup": 1.0, "lambda_unsup": 0.5, "consistency_on": "prob", "detach_fused": False,
              "label_smoothing": 0.0},

@@ -15,12 +15,15 @@ A run folder holds::
 
 A checkpoint folder is first written as ``.tmp-...`` (every file fsynced), then renamed into place,
 and only then is ``LATEST`` replaced (temporary file, fsync, rename): a crash leaves either the
-previous or the new checkpoint, never a half-written one.
+previous or the new checkpoint, never a half-written one. ``resume`` takes the newest complete
+checkpoint (``LATEST``, or a newer folder renamed into place just before a crash), removes the
+temporary folders a killed writer left behind, and trims the logs back to that checkpoint.
 """
 from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import math
 import os
@@ -36,8 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checkpoint import load_checkpoint, load_state_dict_file, save_state_dict_file
+from .._checkpoint import load_checkpoint, load_state_dict_file, read_torch_file, save_state_dict_file
+from .._faults import pause_point
 from ..data import NormStats, Scene, TrainWindows, compute_norm_stats, sliding_window_logits
+from ..data.scene import scene_defaults
 from ..metrics import classification_metrics, format_metrics
 from .config import load_config, merge_config
 from .distributed import DistInfo, barrier, cleanup, init_distributed
@@ -49,7 +54,16 @@ __all__ = ["train", "build_scene", "build_model", "load_trained", "evaluate", "p
 
 # -- data and model ------------------------------------------------------------------------------
 def build_scene(data_cfg: Dict[str, Any], data_dir=None) -> Scene:
-    """The :class:`Scene` a config's ``data`` section describes (``data_dir`` overrides the config's)."""
+    """The :class:`Scene` a config's ``data`` section describes (``data_dir`` overrides the config's).
+
+    ``data.nonfinite`` (``raise`` | ``fill`` | ``mask``) and ``data.nodata`` choose what happens to
+    NaN/Inf and nodata values (see :class:`~m3amba.data.Scene`); they apply to every reader.
+    """
+    with scene_defaults(nonfinite=data_cfg.get("nonfinite") or "raise", nodata=data_cfg.get("nodata")):
+        return _read_scene(data_cfg, data_dir)
+
+
+def _read_scene(data_cfg: Dict[str, Any], data_dir=None) -> Scene:
     name = data_cfg["name"].lower()
     folder = data_dir if data_dir is not None else data_cfg.get("data_dir")
     split = dict(data_cfg.get("split") or {})
@@ -202,35 +216,97 @@ def save_checkpoint(folder: Path, model: nn.Module, state: Dict[str, Any], ema: 
         f.flush()
         os.fsync(f.fileno())
     _fsync_dir(tmp)
+    pause_point("checkpoint-temp")
     old = None
     if folder.exists():
         old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
         os.replace(folder, old)
     os.replace(tmp, folder)
     _fsync_dir(folder.parent)
+    pause_point("checkpoint-renamed")
     _write_text_atomic(folder.parent / "LATEST", folder.name + "\n")
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
+_CHECKPOINT_FILES = ("state.pt", "model.safetensors", "meta.json")
+
+
+def _complete(folder: Path) -> bool:
+    return folder.is_dir() and all((folder / f).is_file() for f in _CHECKPOINT_FILES)
+
+
 def resolve_checkpoint(path) -> Path:
-    """A checkpoint folder from a run folder, its ``checkpoints/`` folder or a checkpoint folder itself."""
+    """A checkpoint folder from a run folder, its ``checkpoints/`` folder or a checkpoint folder itself.
+
+    For a run folder this is the newest complete checkpoint: the one ``LATEST`` names or, when a crash
+    came between renaming a newer ``epoch_NNNN`` folder into place and replacing ``LATEST`` (or
+    ``LATEST`` is missing), that newer folder. Folders are renamed into place only once complete, and
+    temporary ``.tmp-*`` folders are never taken.
+    """
     p = Path(path)
     if (p / "state.pt").is_file():
         return p
     for cand in (p / "checkpoints", p):
         latest = cand / "LATEST"
+        found = []
         if latest.is_file():
-            folder = cand / latest.read_text().strip()
-            if (folder / "state.pt").is_file():
-                return folder
+            named = cand / latest.read_text().strip()
+            if (named / "state.pt").is_file() and (named / "model.safetensors").is_file():
+                found.append(named)
+        found += [f for f in cand.glob("epoch_*") if _complete(f)]
+        if found:
+            return max(found, key=lambda f: f.name)
     raise FileNotFoundError(f"no checkpoint at {p} (expected a run folder with checkpoints/LATEST, or a folder "
-                            "holding state.pt and model.safetensors)")
+                            "holding state.pt and model.safetensors); without --resume training starts from scratch")
+
+
+def _remove_stale_temporaries(folder: Path, say: Callable[[str], None]) -> None:
+    """Delete what a killed checkpoint writer left behind (``.tmp-*`` / ``.old-*`` folders, ``.LATEST.tmp-*``)."""
+    if not folder.is_dir():
+        return
+    stale = [p for p in folder.iterdir() if p.name.startswith((".tmp-", ".old-", ".LATEST.tmp-"))]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if stale:
+        say(f"removed {len(stale)} incomplete checkpoint temporar{'y' if len(stale) == 1 else 'ies'} "
+            f"of an interrupted run: {', '.join(sorted(p.name for p in stale))}")
+
+
+def _trim_logs(out: Path, ck: Path, epoch: int) -> None:
+    """Make log.jsonl / log.csv hold exactly one row per epoch up to the resumed ``epoch``.
+
+    Rows written after the checkpoint a run resumes from are dropped (those epochs run again), and
+    the resumed epoch's row is restored from the checkpoint's ``meta.json`` if a crash came between
+    writing the checkpoint and appending the row.
+    """
+    rows: Dict[int, Dict[str, Any]] = {}
+    jsonl = out / "log.jsonl"
+    if jsonl.is_file():
+        for line in jsonl.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut short by the crash
+                continue
+            if isinstance(row, dict) and isinstance(row.get("epoch"), int) and row["epoch"] <= epoch:
+                rows[row["epoch"]] = row
+    if epoch not in rows and (ck / "meta.json").is_file():
+        logged = json.loads((ck / "meta.json").read_text()).get("log")
+        if isinstance(logged, dict):
+            rows[epoch] = logged
+    ordered = [rows[e] for e in sorted(rows)]
+    _write_text_atomic(jsonl, "".join(json.dumps(r) + "\n" for r in ordered))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_LOG_FIELDS, lineterminator="\r\n")
+    w.writeheader()
+    for r in ordered:
+        w.writerow({k: r.get(k, "") for k in _LOG_FIELDS})
+    _write_text_atomic(out / "log.csv", buf.getvalue())
 
 
 def _load_state(folder: Path) -> Dict[str, Any]:
-    return torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+    return read_torch_file(folder / "state.pt")  # weights_only: nothing but tensors and plain containers
 
 
 # -- evaluation / prediction --------------------------------------------------------------------
@@ -329,22 +405,30 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
     device = _device(tc["device"], dinfo)
     main = dinfo.is_main
     say = log if main else (lambda *_: None)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         resume_state = None
         ck = None
         if resume:
+            if main:
+                _remove_stale_temporaries(out / "checkpoints", say)
             ck = resolve_checkpoint(out)
             resume_state = _load_state(ck)
             saved_cfg = json.loads(resume_state["config_json"])
             cfg = merge_config(saved_cfg, {"train": {"epochs": tc["epochs"]}})  # only the epoch count may change
             tc, ec = cfg["train"], cfg["eval"]
             say(f"resuming from {ck} (epoch {resume_state['epoch']})")
+            if main:
+                _trim_logs(out, ck, int(resume_state["epoch"]))
+        if tc.get("deterministic"):
+            _set_deterministic(device)
         if scene is None:
             scene = build_scene(cfg["data"], data_dir)
         torch.manual_seed(tc["seed"])
         random.seed(tc["seed"])
         np.random.seed(tc["seed"])
         if resume_state is not None:
+            _check_resumable(resume_state, scene, ck)
             norm = NormStats.from_state(resume_state["norm"])
         else:
             nc = cfg["data"].get("normalization") or {}
@@ -375,13 +459,17 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
                 ema.state = {k: v.to(device) for k, v in load_state_dict_file(ck / "ema.safetensors").items()}
             _set_rng_state(resume_state["rng"])
             start_epoch, step = int(resume_state["epoch"]), int(resume_state["step"])
+        if tc.get("grad_checkpointing"):
+            model.set_grad_checkpointing(tc["grad_checkpointing"])
+        if tc.get("compile"):
+            model.compile_layers()
         net: nn.Module = _AllHeads(model)
         if dinfo.enabled:
             from torch.nn.parallel import DistributedDataParallel
             net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
         if main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg, indent=2))
+            _write_text_atomic(out / "config.json", json.dumps(cfg, indent=2))
         writer = _tensorboard(out) if main else None
         show = main and not quiet and sys.stderr.isatty()
         summary: Dict[str, Any] = {"epochs": []}
@@ -407,6 +495,7 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
                 optimizer.step()
                 scheduler.step()
                 step += 1
+                pause_point("step")
                 if ema is not None:
                     ema.update(model, step)
                 for k in sums:
@@ -455,13 +544,34 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
                 eval_model.load_state_dict(ema.state)
             m = evaluate(eval_model, scene, norm, "test", ec["window"], ec["stride"], ec["batch_size"], device, tc["amp"],
                          progress=show)
-            (out / "metrics_test.json").write_text(json.dumps(m, indent=2))
+            _write_text_atomic(out / "metrics_test.json", json.dumps(m, indent=2))
             say(format_metrics(m, m["expected_count"]))
             summary["test"] = m
         barrier(dinfo)
         return summary
     finally:
+        torch.use_deterministic_algorithms(deterministic_before)
         cleanup(dinfo)
+
+
+def _check_resumable(state: Dict[str, Any], scene: Scene, ck: Path) -> None:
+    """The scene a run resumes on must have the checkpoint's bands and classes."""
+    bands = tuple(state["model"]["in_chans"])
+    if tuple(scene.in_chans) != bands:
+        raise ValueError(f"cannot resume from {ck}: the scene has {scene.in_chans[0]} + {scene.in_chans[1]} bands, the "
+                         f"checkpoint's model {bands[0]} + {bands[1]}; resume on the scene the run was started on "
+                         "(or start a new run, fine-tuning from these weights)")
+    if list(state["class_names"]) != list(scene.class_names):
+        raise ValueError(f"cannot resume from {ck}: the scene's classes {scene.class_names} differ from the "
+                         f"checkpoint's {state['class_names']}")
+
+
+def _set_deterministic(device: torch.device) -> None:
+    """``train.deterministic``: deterministic kernels only (an error names any op that has none)."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
 
 
 def _prune(folder: Path, keep: int) -> None:
