@@ -87,6 +87,9 @@ def infer(out, key, forward, n=64, repeats=10):
 
 
 def train(out, key, forward_all, params, n, dtype, repeats=10):
+    # the timed optimiser steps change the weights: put them back afterwards, so that agreement
+    # checks made later compare the same model
+    saved = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=1e-4)
     x1, x2, y = batch(n)
 
@@ -105,6 +108,9 @@ def train(out, key, forward_all, params, n, dtype, repeats=10):
         out[f"{key}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     _guard(out, key, go)
     opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for p, v in zip(params, saved):
+            p.copy_(v)
 
 
 def measure(name, module, forward_all, repeats=10):

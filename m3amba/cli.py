@@ -162,7 +162,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_for_inference(args: argparse.Namespace):
     from m3amba.train import build_scene, load_trained
     device = args.device or ("cuda" if _cuda_available() else "cpu")
-    tm = load_trained(args.checkpoint, device=device, use_ema=False if args.no_ema else None)
+    if getattr(args, "pretrained", None):
+        from m3amba.train.published import load_published
+        if not args.config:
+            raise SystemExit("--pretrained needs --config: the recipe config the tag was trained with "
+                             "(its model card's Reproduce section names it)")
+        tm = load_published(args.pretrained, args.config, device=device)
+    elif not args.checkpoint:
+        raise SystemExit("give --checkpoint RUN_OR_CHECKPOINT_FOLDER, or --pretrained MODEL.TAG --config RECIPE")
+    else:
+        tm = load_trained(args.checkpoint, device=device, use_ema=False if args.no_ema else None)
     scene = build_scene({**tm.config["data"], **_data_overrides(args)}, args.data_dir)
     if scene.value_report.any:
         print(scene.value_report.summary())
@@ -180,11 +189,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ec = tm.config["eval"]
     m = evaluate(tm.model, scene, tm.norm, args.split, args.window or ec["window"], args.stride or ec["stride"],
                  ec["batch_size"], tm.device, tm.config["train"].get("amp", True), progress=not args.quiet and sys.stderr.isatty())
-    m["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
-    m["epoch"] = tm.epoch
-    print(f"{scene.name}, {args.split} split, checkpoint epoch {tm.epoch}")
+    if args.pretrained:
+        m["pretrained"] = args.pretrained
+        print(f"{scene.name}, {args.split} split, pretrained {args.pretrained}")
+        out = Path(args.out) if args.out else Path(f"metrics_{args.pretrained}_{args.split}.json")
+    else:
+        m["checkpoint"] = str(resolve_checkpoint(args.checkpoint))
+        m["epoch"] = tm.epoch
+        print(f"{scene.name}, {args.split} split, checkpoint epoch {tm.epoch}")
+        out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint) / f"metrics_{args.split}.json"
     print(format_metrics(m, m["expected_count"]))
-    out = Path(args.out) if args.out else resolve_checkpoint(args.checkpoint) / f"metrics_{args.split}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(m, indent=2))
     print(f"wrote {out}")
@@ -416,7 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("evaluate", "OA / AA / kappa / per-class accuracy of a checkpoint on the test pixels"),
                            ("predict", "predict the whole scene's class map with a checkpoint")):
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+        p.add_argument("--checkpoint", default=None, help="run folder or checkpoint folder")
+        p.add_argument("--pretrained", default=None, metavar="MODEL.TAG",
+                       help="a published tag instead of a checkpoint (see `m3amba list --pretrained`); needs --config")
+        p.add_argument("--config", default=None, help="with --pretrained: the recipe config the tag was trained with")
         p.add_argument("--data-dir", default=None, help="folder of the data set's files (default: as trained)")
         p.add_argument("--device", default=None)
         p.add_argument("--window", type=int, default=None, help="sliding-window side (default: the config's)")

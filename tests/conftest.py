@@ -41,3 +41,18 @@ def inputs(model, batch=2, seed=0, dtype=torch.float32):
     s = model.img_size
     return (torch.randn(batch, c1, s, s, generator=g, dtype=dtype),
             torch.randn(batch, c2, s, s, generator=g, dtype=dtype))
+
+
+@pytest.fixture
+def without_bundled_tags(monkeypatch):
+    """The registry as if no weights shipped in weights/: tests that register their own tags see only those."""
+    import json
+
+    from pathlib import Path
+
+    from m3amba import _registry
+    manifest = json.loads((Path(__file__).resolve().parents[1] / "weights" / "manifest.json").read_text())
+    bundled = {tuple(e["name"].split(".", 1)) for e in manifest["tags"]}
+    clean = {name: {tag: cfg for tag, cfg in tags.items() if (name, tag) not in bundled}
+             for name, tags in _registry._pretrained_cfgs.items()}
+    monkeypatch.setattr(_registry, "_pretrained_cfgs", clean)

@@ -125,7 +125,7 @@ def fake_hub(weights, hf_env, monkeypatch):
 
 
 @pytest.fixture
-def register():
+def register(without_bundled_tags):
     """Register ``NAME.<tag>`` cfgs for one test."""
     added = []
 

@@ -283,7 +283,7 @@ def _hubconf():
     return module
 
 
-def test_torch_hub_load_with_pretrained_weights(tmp_path):
+def test_torch_hub_load_with_pretrained_weights(tmp_path, without_bundled_tags):
     source = build(NOCLIP)
     out = m3amba.save_pretrained(source, tmp_path / "src")
     model = torch.hub.load(str(REPO), NOCLIP, source="local", pretrained=True,
@@ -300,7 +300,7 @@ def test_torch_hub_load_with_pretrained_weights(tmp_path):
         assert getattr(hub, name).__doc__.strip()
 
 
-def test_hub_tag_default_loads_through_torch_hub(tmp_path):
+def test_hub_tag_default_loads_through_torch_hub(tmp_path, without_bundled_tags):
     source = build(NOCLIP, num_classes=3)
     out = m3amba.save_pretrained(source, tmp_path / "src")
     entry = m3amba.manifest_entry(out, "m3amba_tiny_noclip.hubconf_test")
@@ -318,7 +318,7 @@ def test_docs_zoo_md_is_the_generated_table():
     assert (REPO / "docs" / "zoo.md").read_text() == zoo_markdown(), "run: python -m m3amba._zoo --write"
 
 
-def test_zoo_lists_tags_with_their_metrics(tmp_path):
+def test_zoo_lists_tags_with_their_metrics(tmp_path, without_bundled_tags):
     out = m3amba.save_pretrained(build(NOCLIP), tmp_path / "src", pretrained_cfg_overlay=CARD_CFG)
     entry = m3amba.manifest_entry(out, "m3amba_tiny_noclip.zoo_test", hf_hub_id="someone/zoo")
     m3amba.register_pretrained_cfg(entry["name"], m3amba.PretrainedCfg.from_dict(entry["cfg"]))
