@@ -40,6 +40,7 @@ setup(
         "geotiff": ["rasterio"],
         "baseline": ["scikit-learn>=1.1", "numpy"],
         "test": ["pytest>=7", "hypothesis>=6", "numpy", "scipy", "h5py", "pyyaml", "tqdm", "scikit-learn>=1.1",
+                 "matplotlib", "rasterio",
                  "mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
         "docs": ["mkdocs>=1.6", "mkdocstrings[python]>=0.26"],
     },

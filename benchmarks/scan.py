@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from m3amba._bench import time_fn  # noqa: E402
 from m3amba.ops.selective_scan import available_backends, selective_scan_fn  # noqa: E402
 
 SHAPES = [  # (batch, Dm, L, N, G)
@@ -82,18 +82,8 @@ def agreement(backend, dtype, device, shape, seed):
 
 
 def time_cuda(fn, warmup=3, repeats=20):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), times
+    """Median ms of fn() over CUDA-event timings after warm-up, and every timing."""
+    return time_fn(fn, torch.device("cuda"), warmup=warmup, repeats=repeats)
 
 
 def bench(backend, dtype, device, shape, repeats):

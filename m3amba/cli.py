@@ -1,4 +1,4 @@
-"""The ``m3amba`` command line: ``list``, ``info``, ``check``, ``convert``, ``train``, ``evaluate``,
+"""The ``m3amba`` command line: ``list``, ``info``, ``check``, ``bench``, ``convert``, ``train``, ``evaluate``,
 ``predict``, ``demo``, ``baseline`` (per-pixel random forest), ``export`` and ``recipe`` (model cards)."""
 from __future__ import annotations
 
@@ -205,8 +205,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if m["count"] == m["expected_count"] else 1
 
 
-def write_map(path, class_map, class_names, title: str = "") -> list:
-    """Write an (H, W) map of class ids 1..K as .npy, .png (needs matplotlib) or .tif (needs rasterio)."""
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from m3amba._bench import bench_model
+    r = bench_model(args.model, args.batch_size, args.device, amp=not args.fp32, train=args.train,
+                    compile=args.compile, grad_checkpointing=args.grad_checkpointing, in_chans=args.in_chans,
+                    num_classes=args.num_classes, repeats=args.repeats)
+    peak = f", peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""
+    print(f"{r['model']} {r['mode']} on {r.get('card', r['device'])}: batch {r['batch_size']}, {r['dtype']}, "
+          f"scan {r['scan_backend']}{', compiled layers' if r['compiled'] else ''}: median {r['ms']:.1f} ms "
+          f"= {r['patches_per_s']:.1f} patches/s{peak}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(r, f, indent=2)
+    return 0
+
+
+def write_map(path, class_map, class_names, title: str = "", georef=None) -> list:
+    """Write an (H, W) map of class ids 1..K as .npy, .png (needs matplotlib) or .tif (needs rasterio).
+
+    ``georef`` (``{"crs", "transform"}``, e.g. ``scene.georef[0]``) is written into a GeoTIFF.
+    """
     import numpy as np
     from pathlib import Path
     path = Path(path)
@@ -239,9 +257,16 @@ def write_map(path, class_map, class_names, title: str = "") -> list:
             import rasterio
         except ImportError:
             raise SystemExit("GeoTIFF maps need rasterio; write a .npy or .png instead") from None
+        geo = {}
+        if georef and georef.get("crs"):
+            geo["crs"] = georef["crs"]
+        if georef and georef.get("transform"):
+            from rasterio.transform import Affine
+            geo["transform"] = Affine(*georef["transform"])
         with rasterio.open(path, "w", driver="GTiff", height=class_map.shape[0], width=class_map.shape[1],
-                           count=1, dtype="uint16") as dst:  # no georeferencing is attached
+                           count=1, dtype="uint16", nodata=0, **geo) as dst:
             dst.write(class_map.astype("uint16"), 1)
+            dst.update_tags(classes=json.dumps({i + 1: n for i, n in enumerate(class_names)}))
     else:
         raise SystemExit(f"unknown map format {suffix!r}: use .npy, .png or .tif")
     return [str(path)]
@@ -262,7 +287,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"predicted {class_map.size} of {h * w} pixels ({h} x {w}; every pixel averaged over "
           f"{int(counts.min())}..{int(counts.max())} windows) in {time.perf_counter() - start:.1f}s")
     for out in args.out:
-        write_map(out, class_map, tm.class_names, title=f"{scene.name}: M3amba prediction")
+        write_map(out, class_map, tm.class_names, title=f"{scene.name}: M3amba prediction",
+                  georef=scene.georef[0] if scene.georef else None)
         print(f"wrote {out}")
     if args.save_logits:
         import numpy as np
@@ -449,6 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--out", nargs="+", required=True, help="map.npy (ids 1..K), map.png (matplotlib), map.tif (rasterio)")
             p.add_argument("--save-logits", default=None, help="also write the (K, H, W) averaged logits as .npy")
             p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("bench", help="time inference or training steps of a variant on this machine")
+    p.add_argument("model", help="a registered variant, e.g. m3amba_base")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    p.add_argument("--train", action="store_true", help="time a training step (3-head CE + AdamW) instead of inference")
+    p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trunk layers (compile_layers)")
+    p.add_argument("--grad-checkpointing", type=int, default=0, metavar="N", help="recompute the first N layers")
+    p.add_argument("--in-chans", type=_bands, default=(144, 1), help="band counts, e.g. 144,1")
+    p.add_argument("--num-classes", type=int, default=15)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--json", default=None, help="also write the result here")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="train a tiny model on the eo-learn Slovenia patch, evaluate, predict")
     p.add_argument("--data-dir", default=None, help="folder with s2_l1c.npy, dem.npy, lulc.npy")

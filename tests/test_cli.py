@@ -28,3 +28,14 @@ def test_check_runs_a_forward_and_reports(capsys):
 def test_module_entry_point_and_bad_arguments():
     run = subprocess.run([sys.executable, "-m", "m3amba", "check", "--in-chans", "13"], capture_output=True, text=True)
     assert run.returncode == 2 and "two band counts" in run.stderr
+
+
+def test_bench_times_inference_and_a_training_step(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "m3amba_tiny_noclip", "--batch-size", "1", "--repeats", "1", "--in-chans", "3,1",
+                 "--num-classes", "4", "--device", "cpu", "--json", str(out)]) == 0
+    assert "patches/s" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["mode"] == "inference" and r["ms"] > 0 and r["patches_per_s"] > 0
+    assert main(["bench", "m3amba_tiny_noclip", "--batch-size", "1", "--repeats", "1", "--train", "--device", "cpu"]) == 0
+    assert "train on cpu" in capsys.readouterr().out

@@ -53,3 +53,26 @@ def test_train_evaluate_predict_on_eolearn_slovenia(tmp_path, capsys):
     assert logits.shape == (5, 101, 100) and np.isfinite(logits).all()
     np.testing.assert_array_equal(logits.argmax(0) + 1, class_map)
     assert time.perf_counter() - start < 120  # about 20 s on 2 idle cores
+
+
+def test_png_and_georeferenced_geotiff_maps(tmp_path):
+    """write_map: a colour PNG with a legend, and a GeoTIFF that keeps the scene's CRS and transform."""
+    pytest.importorskip("matplotlib")
+    rasterio = pytest.importorskip("rasterio")
+    from m3amba.cli import write_map
+    from m3amba.data import load_eolearn_slovenia
+    if not (DATA / "s2_l1c.npy").is_file():
+        pytest.skip("the shared eo-learn scene is not beside the project")
+    scene = load_eolearn_slovenia(DATA)
+    class_map = (np.arange(101 * 100).reshape(101, 100) % len(scene.class_names) + 1).astype("uint16")
+    png, tif = tmp_path / "map.png", tmp_path / "map.tif"
+    write_map(png, class_map, scene.class_names, title="t")
+    write_map(tif, class_map, scene.class_names, georef=scene.georef[0])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with rasterio.open(tif) as src:
+        np.testing.assert_array_equal(src.read(1), class_map)
+        assert src.crs.to_epsg() == 32633
+        # the top-left corner and the pixel size come from eo-learn's bbox.geojson
+        assert src.transform.c == pytest.approx(465181.0522318204) and src.transform.f == pytest.approx(5080254.63349641)
+        assert src.transform.a == pytest.approx(9.9948, abs=1e-3) and src.transform.e == pytest.approx(-9.9974, abs=1e-3)
+        assert json.loads(src.tags()["classes"])["1"] == scene.class_names[0]

@@ -146,4 +146,23 @@ def load_eolearn_slovenia(
                  block_size=block_size, seed=seed)
     return Scene(m1, dem, train, test, [EOLEARN_LEGEND[v] for v in present], layout="hwc", val_mask=val,
                  name="eolearn_slovenia", band_names=(names1, ["DEM"]), nonfinite=nonfinite, nodata=nodata,
+                 georef=_bbox_georef(folder / "bbox.geojson", labels.shape),
                  meta={"source_values": present, "date": date, "split": split, "data_dir": str(folder)})
+
+
+def _bbox_georef(path: Path, shape) -> Optional[dict]:
+    """The patch's grid from eo-learn's ``bbox.geojson`` (CRS + bounds) and the raster shape; None if absent."""
+    if not path.is_file():
+        return None
+    import json
+    try:
+        box = json.loads(path.read_text())
+        name = box["crs"]["properties"]["name"]  # e.g. urn:ogc:def:crs:EPSG::32633
+        xs = [float(p[0]) for p in box["coordinates"][0]]
+        ys = [float(p[1]) for p in box["coordinates"][0]]
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ValueError(f"{path}: not a GeoJSON polygon with a named CRS ({exc}); remove it or fix it") from exc
+    crs = "EPSG:" + name.rsplit(":", 1)[-1] if "EPSG" in name.upper() else name
+    h, w = shape
+    # north-up grid: x grows with the column, y falls with the row, origin at the top-left corner
+    return {"crs": crs, "transform": ((max(xs) - min(xs)) / w, 0.0, min(xs), 0.0, -(max(ys) - min(ys)) / h, max(ys))}
