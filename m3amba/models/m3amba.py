@@ -159,10 +159,10 @@ class M3amba(nn.Module):
     def compile_layers(self, **compile_kwargs: Any) -> "M3amba":
         """``torch.compile`` every trunk layer in place; returns the model.
 
-        All layers share one class and shapes, so the layer is compiled once and reused (about a
-        ninth of the compile time of ``torch.compile(model)``), checkpoint keys stay unchanged, and
-        gradient checkpointing still applies around each compiled layer. Fuses the SS2D's
-        elementwise and layout work (see docs/benchmarks.md for what it gives).
+        All layers share one class and shapes, so the compiled code is built once and reused by every
+        layer; checkpoint keys stay unchanged, and gradient checkpointing still applies around each
+        compiled layer. Fuses the SS2D's elementwise and layout work (docs/benchmarks.md says what it
+        gave, and that its equality with eager on the GPU is still to be verified).
         """
         for layer in self.layers:
             layer.compile(**compile_kwargs)
