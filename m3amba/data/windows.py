@@ -73,6 +73,12 @@ def window_coverage(starts: Sequence[int], window: int, total: int) -> np.ndarra
     return np.cumsum(cover)[:total]
 
 
+def _coverage_map(rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
+    """(H, W) window counts, the outer product of the per-axis coverages, in the smallest int type."""
+    dtype = np.int16 if int(rows.max()) * int(cols.max()) <= np.iinfo(np.int16).max else np.int32
+    return torch.from_numpy(np.multiply.outer(rows.astype(dtype), cols.astype(dtype)))
+
+
 def _read_rows(x: ArrayLike, rows: np.ndarray, cols: np.ndarray) -> torch.Tensor:
     """x[:, rows][:, :, cols] as a contiguous CPU/device tensor (reads only those rows of a memmap)."""
     if isinstance(x, torch.Tensor):
@@ -147,7 +153,7 @@ def sliding_window_logits(
     result = out if out is not None else torch.empty(num_classes, h, w, dtype=torch.float32)
     row_cover = window_coverage(rows, window, total_h)
     col_cover = window_coverage(cols, window, total_w)
-    counts = torch.from_numpy(np.outer(row_cover[margin:margin + h], col_cover[margin:margin + w]))
+    counts = _coverage_map(row_cover[margin:margin + h], col_cover[margin:margin + w])
 
     src_cols = reflect_index(np.arange(total_w) - margin, w)
     col_index = torch.as_tensor(cols, device=device)
