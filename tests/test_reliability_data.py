@@ -341,8 +341,6 @@ def test_modalities_of_other_shapes_in_files(tmp_path):
             load_benchmark("trento", tmp_path)
 
 
-@pytest.mark.xfail(reason="m3amba/data/benchmarks.py reads .mat files without read_array yet: a truncated file "
-                          "gives scipy's/h5py's own error (IndexError, OSError) without the path", strict=False)
 def test_truncated_benchmark_file_names_the_file(tmp_path):
     from scipy.io import savemat
     m1, m2, train, test = arrays()

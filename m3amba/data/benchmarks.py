@@ -115,30 +115,13 @@ def _lookup(name: str) -> BenchmarkSpec:
 
 
 def read_mat_variable(path: Path, keys: Sequence[str]) -> np.ndarray:
-    """The first of ``keys`` found in a ``.mat`` file (v5 through scipy, v7.3/HDF5 through h5py)."""
-    try:
-        from scipy.io import loadmat
-    except ImportError as exc:  # pragma: no cover
-        raise ImportError("reading .mat files needs scipy: pip install 'm3amba[data]'") from exc
-    try:
-        data = loadmat(str(path))
-    except (NotImplementedError, ValueError):  # MATLAB v7.3 = HDF5 (with a 512-byte MATLAB header)
-        try:
-            import h5py
-        except ImportError as exc:
-            raise ImportError(f"{path} is a MATLAB v7.3 (HDF5) file; reading it needs h5py: pip install h5py") from exc
-        with h5py.File(path, "r") as f:
-            for k in keys:
-                if k in f:
-                    a = np.asarray(f[k])
-                    return a.transpose(tuple(range(a.ndim))[::-1])  # MATLAB is column-major
-            found = list(f.keys())
-        raise KeyError(f"{path} has none of the variables {list(keys)} (found: {found})")
-    for k in keys:
-        if k in data:
-            return np.asarray(data[k])
-    found = [k for k in data if not k.startswith("__")]
-    raise KeyError(f"{path} has none of the variables {list(keys)} (found: {found})")
+    """The first of ``keys`` found in a ``.mat`` file (v5 through scipy, v7.3/HDF5 through h5py).
+
+    Missing, empty, truncated or corrupt files raise errors that name the file
+    (:func:`m3amba.data.files.read_array`).
+    """
+    from .files import read_array
+    return read_array(path, list(keys))
 
 
 def _find(folder: Path, fs: FileSpec) -> Optional[Path]:
