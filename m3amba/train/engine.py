@@ -142,12 +142,16 @@ class _Ema:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
+        ema, cur = [], []
         for k, v in model.state_dict().items():
-            e = self.state[k]
             if v.is_floating_point():
-                e.mul_(d).add_(v.detach(), alpha=1 - d)
+                ema.append(self.state[k])
+                cur.append(v.detach())
             else:
-                e.copy_(v)
+                self.state[k].copy_(v)
+        # one fused multi-tensor update instead of two kernels per tensor (same arithmetic)
+        torch._foreach_mul_(ema, d)
+        torch._foreach_add_(ema, cur, alpha=1 - d)
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
@@ -479,8 +483,11 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
             t0 = time.time()
             model.train()
             plan = windows.epoch_plan(epoch, tc["seed"], samples, dinfo.rank, dinfo.world_size)
-            sums = {k: 0.0 for k in ("loss", "ce_m1", "ce_m2", "ce_fused", "cos_m1", "cos_m2")}
-            correct = seen = 0
+            # running sums stay on the device: one host sync per epoch instead of several per step
+            sums = {k: torch.zeros((), dtype=torch.float64, device=device)
+                    for k in ("loss", "ce_m1", "ce_m2", "ce_fused", "cos_m1", "cos_m2")}
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = torch.zeros((), dtype=torch.int64, device=device)
             bar = _progress(range(0, len(plan), tc["batch_size"]), show, desc=f"epoch {epoch + 1}/{tc['epochs']}",
                             leave=False)
             for start in bar:
@@ -499,15 +506,15 @@ def train(config: Dict[str, Any], out_dir, resume: bool = False, quiet: bool = F
                 if ema is not None:
                     ema.update(model, step)
                 for k in sums:
-                    sums[k] += float(terms[k].detach())
+                    sums[k] += terms[k].detach().double()
                 lab = y >= 0
-                correct += int((lf.detach().argmax(1)[lab] == y[lab]).sum())
-                seen += int(lab.sum())
+                correct += ((lf.detach().argmax(1) == y) & lab).sum()
+                seen += lab.sum()
                 if show and hasattr(bar, "set_postfix"):
                     bar.set_postfix(loss=f"{float(terms['loss']):.3f}")
             nb = max(1, math.ceil(len(plan) / tc["batch_size"]))
             row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                   **{k: v / nb for k, v in sums.items()}, "train_acc": correct / max(1, seen)}
+                   **{k: float(v) / nb for k, v in sums.items()}, "train_acc": int(correct) / max(1, int(seen))}
             if main and scene.val_mask is not None and tc["eval_every"] and (epoch + 1) % tc["eval_every"] == 0:
                 vm = evaluate(model, scene, norm, "val", ec["window"], ec["stride"], ec["batch_size"], device, tc["amp"])
                 row.update(val_oa=vm["oa"], val_aa=vm["aa"], val_kappa=vm["kappa"])
