@@ -273,14 +273,41 @@ def write_map(path, class_map, class_names, title: str = "", georef=None) -> lis
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from m3amba.train import predict_scene
+    import os
+    from pathlib import Path
+
+    import numpy as np
+
+    from m3amba.train import argmax_classes, predict_scene
     tm, scene = _load_for_inference(args)
     ec = tm.config["eval"]
     start = time.perf_counter()
-    logits, counts = predict_scene(tm.model, scene, tm.norm, args.window or ec["window"], args.stride or ec["stride"],
-                                   ec["batch_size"], tm.device, tm.config["train"].get("amp", True),
-                                   progress=not args.quiet and sys.stderr.isatty())
-    class_map = (logits.argmax(0) + 1).numpy().astype("uint16")  # 1..K, the label-map convention
+    logits_out, tmp = None, None
+    if args.save_logits:
+        # logits stream into a .npy memmap as rows finish (never held whole in memory); written under a
+        # temporary name and renamed when complete, so an interrupted run leaves no half-written file
+        target = Path(args.save_logits)
+        if target.suffix != ".npy":  # like numpy.save
+            target = target.with_name(target.name + ".npy")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        h, w = scene.shape
+        logits_out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(scene.num_classes, h, w))
+    try:
+        logits, counts = predict_scene(tm.model, scene, tm.norm, args.window or ec["window"],
+                                       args.stride or ec["stride"], ec["batch_size"], tm.device,
+                                       tm.config["train"].get("amp", True),
+                                       progress=not args.quiet and sys.stderr.isatty(), out=logits_out)
+        class_map = argmax_classes(logits, dtype=np.uint16)
+        class_map += 1  # 1..K, the label-map convention
+        if logits_out is not None:
+            logits_out.flush()
+            del logits, logits_out
+            os.replace(tmp, target)
+            tmp = None
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     if scene.valid_mask is not None:  # pixels masked for NaN/Inf/nodata values (nonfinite: mask): 0 = no data
         class_map[~scene.valid_mask] = 0
     h, w = scene.shape
@@ -291,9 +318,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                   georef=scene.georef[0] if scene.georef else None)
         print(f"wrote {out}")
     if args.save_logits:
-        import numpy as np
-        np.save(args.save_logits, logits.numpy())
-        print(f"wrote {args.save_logits}")
+        print(f"wrote {target} (float32 logits, {scene.num_classes} x {h} x {w}, streamed)")
     return 0
 
 
@@ -473,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_cmd_evaluate)
         else:
             p.add_argument("--out", nargs="+", required=True, help="map.npy (ids 1..K), map.png (matplotlib), map.tif (rasterio)")
-            p.add_argument("--save-logits", default=None, help="also write the (K, H, W) averaged logits as .npy")
+            p.add_argument("--save-logits", default=None,
+                           help="also write the (K, H, W) float32 averaged logits as .npy (streamed into a "
+                                "memory-mapped file as rows finish, never held whole in memory)")
             p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="time inference or training steps of a variant on this machine")

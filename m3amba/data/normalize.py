@@ -10,7 +10,7 @@ for NaN/Inf/nodata values (``Scene(nonfinite="mask")``) never enter the statisti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ import torch
 __all__ = ["NormStats", "compute_norm_stats"]
 
 METHODS = ("minmax", "zscore")
+
+#: ``normalize(b1, b2) -> (b1_normalised, b2_normalised)`` for window batches, see :meth:`NormStats.batch_normalizer`
+BatchNormalizer = Callable[[torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 SOURCES = ("scene", "train")
 
 
@@ -32,15 +35,36 @@ class NormStats:
     method: str = "minmax"
     source: str = "scene"
 
-    def apply(self, x1: np.ndarray, x2: np.ndarray):
-        """Normalise (C, H, W) arrays of both modalities (new float32 arrays)."""
-        have, want = (x1.shape[0], x2.shape[0]), (len(self.offset1), len(self.offset2))
+    def check_bands(self, c1: int, c2: int) -> None:
+        """Raise ``ValueError`` unless a scene of ``c1`` + ``c2`` bands matches these statistics."""
+        have, want = (int(c1), int(c2)), (len(self.offset1), len(self.offset2))
         if have != want:
             raise ValueError(f"the scene has {have[0]} + {have[1]} bands but these normalisation statistics (and the "
                              f"model they were stored with) have {want[0]} + {want[1]}: a scene from other sensors "
                              "or another band selection than the checkpoint's?")
+
+    def apply(self, x1: np.ndarray, x2: np.ndarray):
+        """Normalise (C, H, W) arrays of both modalities (new float32 arrays)."""
+        self.check_bands(x1.shape[0], x2.shape[0])
         return (((x1 - self.offset1[:, None, None]) / self.scale1[:, None, None]).astype(np.float32),
                 ((x2 - self.offset2[:, None, None]) / self.scale2[:, None, None]).astype(np.float32))
+
+    def batch_normalizer(self, device="cpu") -> "BatchNormalizer":
+        """A function normalising window batches ``(B, C1, h, w), (B, C2, h, w)`` on ``device``.
+
+        For streamed prediction: each batch is normalised where it is predicted, so no normalised copy
+        of the whole scene is ever made. For float32 inputs the result equals :meth:`apply` bit for bit
+        (the same float32 subtraction and division per element).
+        """
+        dev = torch.device(device)
+        o1, s1, o2, s2 = (torch.as_tensor(np.asarray(v, np.float32), device=dev)[None, :, None, None]
+                          for v in (self.offset1, self.scale1, self.offset2, self.scale2))
+
+        def normalize(b1: torch.Tensor, b2: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+            if b1.shape[1] != o1.shape[1] or b2.shape[1] != o2.shape[1]:
+                self.check_bands(b1.shape[1], b2.shape[1])
+            return (b1.float() - o1) / s1, (b2.float() - o2) / s2
+        return normalize
 
     def to_state(self) -> Dict:
         """Plain tensors + strings, for ``torch.save`` / ``torch.load(weights_only=True)``."""

@@ -206,6 +206,12 @@ class Scene:
         if policy == "raise":
             raise SceneError(problems + " (nonfinite='fill' replaces them by the band mean; nonfinite='mask' also "
                              "takes those pixels out of training and evaluation)")
+        for i, (x, bad) in enumerate(((self.modality1, bad1), (self.modality2, bad2)), start=1):
+            if bad.any() and not x.flags.writeable:
+                raise SceneError(
+                    problems + f"; nonfinite={policy!r} replaces them in place, but modality{i} is read-only (a file "
+                    "memory-mapped with mmap_mode='r'?): open it with mmap_mode='c' (copy-on-write: only the pages "
+                    "changed are copied, the file stays untouched) or clean the file first")
         fill_invalid(self.modality1, bad1)
         fill_invalid(self.modality2, bad2)
         if policy == "fill":

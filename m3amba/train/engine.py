@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import math
+import mmap
 import os
 import random
 import shutil
@@ -48,7 +49,7 @@ from .config import load_config, merge_config
 from .distributed import DistInfo, barrier, cleanup, init_distributed
 from .loss import M3ambaLoss
 
-__all__ = ["train", "build_scene", "build_model", "load_trained", "evaluate", "predict_scene",
+__all__ = ["train", "build_scene", "build_model", "load_trained", "evaluate", "predict_scene", "argmax_classes",
            "save_checkpoint", "resolve_checkpoint", "TrainedModel"]
 
 
@@ -340,36 +341,103 @@ def load_trained(path, device="cpu", use_ema: Optional[bool] = None) -> TrainedM
                         int(state["epoch"]), device)
 
 
+def _memory_mapped(a: Any) -> bool:
+    """Whether ``a`` (or an array it is a view of) is backed by a memory-mapped file."""
+    seen = 0
+    while a is not None and seen < 64:
+        if isinstance(a, (np.memmap, mmap.mmap)):
+            return True
+        a = getattr(a, "base", None)
+        seen += 1
+    return False
+
+
 def predict_scene(model: nn.Module, scene: Scene, norm: NormStats, window: int = 32, stride: int = 16,
-                  batch_size: int = 32, device="cpu", amp: bool = True, progress: bool = False):
-    """Stitched logits (K, H, W) and per-pixel window counts of the whole scene (sliding windows)."""
+                  batch_size: int = 32, device="cpu", amp: bool = True, progress: bool = False,
+                  out: Optional[np.ndarray] = None, stream: Optional[bool] = None):
+    """Stitched logits (K, H, W) and per-pixel window counts of the whole scene (sliding windows).
+
+    Args:
+        model, scene, norm: the trained model, the scene and the normalisation stored with the model.
+        window, stride, batch_size: sliding-window side, step, and windows per forward pass.
+        device, amp: where to predict; bf16 autocast on CUDA.
+        progress: show a progress bar (tqdm).
+        out: optional (K, H, W) float32 array, e.g. a ``numpy.lib.format.open_memmap``, that receives the
+            averaged logits as finished rows come out: no full-scene logits are held in memory. It is
+            returned in place of the logits tensor.
+        stream: normalise each window batch on ``device`` instead of the whole scene up front, so no
+            normalised copy of the scene is made: a memory-mapped scene is then only ever read one band
+            of windows at a time. None (default): stream when either modality is memory-mapped (e.g.
+            ``Scene(np.load(path, mmap_mode="r"), ..., layout="chw")``). The logits are the same either
+            way (same float32 arithmetic per element).
+
+    Returns:
+        ``(logits, counts)``: the logits (a CPU float32 tensor, or ``out``) and the (H, W) number of
+        windows each pixel was averaged over.
+    """
     device = torch.device(device)
-    x1, x2 = norm.apply(scene.modality1, scene.modality2)
+    if stream is None:
+        stream = _memory_mapped(scene.modality1) or _memory_mapped(scene.modality2)
+    if stream:
+        norm.check_bands(scene.modality1.shape[0], scene.modality2.shape[0])
+        x1, x2 = scene.modality1, scene.modality2
+        normalize = norm.batch_normalizer(device)
+    else:
+        x1, x2 = norm.apply(scene.modality1, scene.modality2)
+        normalize = None
     was_training = model.training
     model.eval()
 
     def run(b1, b2):
+        if normalize is not None:
+            b1, b2 = normalize(b1, b2)
         with _autocast(device, amp):
             return model(b1, b2).float()
     try:
         return sliding_window_logits(run, x1, x2, scene.num_classes, window=window, stride=stride,
-                                     batch_size=batch_size, device=device, progress=progress)
+                                     batch_size=batch_size, device=device, progress=progress, out=out)
     finally:
         model.train(was_training)
 
 
+def argmax_classes(logits, rows_per_chunk: int = 256, dtype=np.int64) -> np.ndarray:
+    """The (H, W) 0-based class ids of (K, H, W) ``logits`` (tensor or numpy array / memmap).
+
+    Computed ``rows_per_chunk`` rows at a time, so a memory-mapped logits file is never read whole;
+    ties go to the first class (``torch.argmax``). ``dtype`` is the result's integer type.
+    """
+    if rows_per_chunk < 1:
+        raise ValueError(f"rows_per_chunk must be >= 1, got {rows_per_chunk}")
+    if len(logits.shape) != 3:
+        raise ValueError(f"logits must be (K, H, W), got shape {tuple(logits.shape)}")
+    h, w = int(logits.shape[1]), int(logits.shape[2])
+    result = np.empty((h, w), dtype=dtype)
+    for r in range(0, h, rows_per_chunk):
+        part = logits[:, r:r + rows_per_chunk]
+        part = part if isinstance(part, torch.Tensor) else torch.from_numpy(np.array(part))  # a writable copy
+        result[r:r + rows_per_chunk] = part.argmax(0).cpu().numpy()
+    return result
+
+
 def evaluate(model: nn.Module, scene: Scene, norm: NormStats, which: str = "test", window: int = 32,
              stride: int = 16, batch_size: int = 32, device="cpu", amp: bool = True, logits=None,
-             progress: bool = False) -> Dict[str, Any]:
-    """OA / AA / kappa / per-class accuracy / confusion matrix over exactly the ``which`` pixels."""
+             progress: bool = False, out: Optional[np.ndarray] = None,
+             stream: Optional[bool] = None) -> Dict[str, Any]:
+    """OA / AA / kappa / per-class accuracy / confusion matrix over exactly the ``which`` pixels.
+
+    ``logits`` (a (K, H, W) tensor or array, e.g. a memmap) skips prediction; otherwise the scene is
+    predicted with :func:`predict_scene` (``out=`` and ``stream=`` are passed on: with ``out`` the
+    logits go there and are read back in row chunks).
+    """
     mask = {"test": scene.test_mask, "val": scene.val_mask, "train": scene.train_mask}[which]
     if mask is None or not (mask > 0).any():
         raise ValueError(f"the scene has no {which} labels")
     if logits is None:
-        logits, counts = predict_scene(model, scene, norm, window, stride, batch_size, device, amp, progress)
+        logits, counts = predict_scene(model, scene, norm, window, stride, batch_size, device, amp, progress,
+                                       out=out, stream=stream)
         if int(counts.min()) < 1:  # pragma: no cover  (tiling guarantees coverage)
             raise RuntimeError("some pixels were not predicted")
-    pred = logits.argmax(0).numpy()
+    pred = logits.argmax(0).numpy() if isinstance(logits, torch.Tensor) else argmax_classes(logits)
     sel = mask > 0
     m = classification_metrics(mask[sel] - 1, pred[sel], scene.num_classes, scene.class_names)
     m["expected_count"] = int(scene.counts(which).sum())
