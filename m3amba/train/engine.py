@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checkpoint import load_checkpoint, load_state_dict_file, read_torch_file, save_state_dict_file
+from .._checkpoint import _fsync_dir, load_checkpoint, load_state_dict_file, read_torch_file, save_state_dict_file
 from .._faults import pause_point
 from ..data import NormStats, Scene, TrainWindows, compute_norm_stats, sliding_window_logits
 from ..data.scene import scene_defaults
@@ -156,19 +156,6 @@ class _Ema:
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:  # pragma: no cover  (platforms without directory fds)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
