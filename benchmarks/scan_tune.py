@@ -1,0 +1,184 @@
+"""Launch-parameter sweep of the Triton selective-scan kernels, forward and backward timed apart.
+
+    python benchmarks/scan_tune.py --dtype bf16 --out tune.json [--configs bwd]
+
+At one shape (default: the M3amba-base SS2D at batch 64, Dm 3072, L 1024, N 16, G 4) every
+configuration in the chosen grid is first checked against a reference configuration on a fresh small
+input (relative L2 of y and of all gradients, so that a fast but wrong configuration is flagged), then
+timed: median of CUDA-event timings after warm-up, for the forward kernel alone and the backward kernel
+alone (the kernels' launchers called directly). Prints a table, best
+first, and writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from m3amba.ops.selective_scan import triton_scan  # noqa: E402
+from scan import make_inputs, rel_err, time_cuda  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+# the configurations tried, as (field names, rows): a curated list rather than a full product, since
+# every configuration costs a kernel compilation
+# backward: kernel "states" (block_d unused: 32 channels a warp; dot = channel sums on tensor cores) or
+# "per_state" (dot unused)
+BWD_GRID = (("kernel", "chunk", "block_d", "num_warps", "maxnreg", "dot"), [
+    ("states", 64, 0, 1, 0, True), ("states", 64, 0, 1, 0, False), ("states", 64, 0, 2, 0, True),
+    ("states", 64, 0, 4, 0, True), ("states", 128, 0, 1, 0, True), ("states", 64, 0, 1, 232, True),
+    ("per_state", 64, 64, 1, 168, False), ("per_state", 64, 32, 1, 0, False),
+])
+FWD_GRID = (("block_d", "num_warps", "j", "maxnreg"), [
+    (128, 4, 2, 0), (64, 2, 2, 0), (256, 8, 2, 0), (128, 4, 1, 0), (128, 4, 2, 128), (64, 4, 2, 0), (256, 4, 2, 0),
+])
+
+
+def _bwd_call(args, y_dy, hs, hl, cfg):
+    u, delta, A, B, C, D, z, bias = args
+    if cfg["kernel"] == "states":
+        from m3amba.ops.selective_scan.triton_bwd import bwd_states_impl
+        return bwd_states_impl(y_dy, torch.zeros_like(hl), u, delta, A, B, C, D, z, bias, hs, True, cfg["chunk"],
+                               num_warps=cfg["num_warps"], maxnreg=cfg["maxnreg"], dot=cfg["dot"])
+    return torch.ops.m3amba.selective_scan_bwd(
+        y_dy, torch.zeros_like(hl), u, delta, A, B, C, D, z, bias, hs, True,
+        cfg["chunk"], cfg["block_d"], cfg["num_warps"], 2, cfg.get("v", triton_scan.BWD_DEFAULTS["v"]), cfg["maxnreg"],
+    )
+
+
+def _fwd_call(args, cfg, chunk):
+    u, delta, A, B, C, D, z, bias = args
+    return torch.ops.m3amba.selective_scan_fwd(
+        u, delta, A, B, C, D, z, bias, True, chunk, cfg["block_d"], cfg["num_warps"], cfg["j"],
+        triton_scan.FWD_DEFAULTS["v"], cfg["maxnreg"],
+    )
+
+
+def _kwargs(kind, cfg):
+    if kind == "bwd":
+        return dict(chunk=cfg["chunk"], bwd_block_d=cfg["block_d"] or None, bwd_num_warps=cfg["num_warps"],
+                    bwd_maxnreg=cfg["maxnreg"], bwd_kernel=cfg["kernel"])
+    return dict(fwd_block_d=cfg["block_d"], fwd_num_warps=cfg["num_warps"], fwd_j=cfg["j"], fwd_maxnreg=cfg["maxnreg"])
+
+
+def check(kind, cfg, dtype):
+    """Max relative L2 (y and all gradients) of this configuration against the per-state kernel.
+
+    (The tensor-core switch of the states kernel is not a launch parameter of ``selective_scan_triton``;
+    it is checked by timing it only, and by the tests.)
+    """
+    args = make_inputs(2, 256, 300, 16, 4, dtype=dtype, device="cuda", seed=11, requires_grad=True)
+    dy = torch.randn(2, 256, 300, device="cuda", dtype=dtype)
+
+    def go(**kw):
+        y = triton_scan.selective_scan_triton(*args[:5], args[5], args[6], args[7], True, **kw)
+        return [y, *torch.autograd.grad(y, args, dy)]
+    ref = go(bwd_kernel="per_state") if kind == "bwd" else go()
+    got = go(**_kwargs(kind, cfg))
+    return max(rel_err(a, b) for a, b in zip(got, ref))
+
+
+def compiled_kernels(jit_fn) -> list:
+    """Registers, spills and shared memory of every compiled variant of a Triton kernel (best effort)."""
+    found = []
+    for entry in getattr(jit_fn, "device_caches", {}).values():
+        cache = entry[0] if isinstance(entry, tuple) else entry
+        for key, kernel in getattr(cache, "items", lambda: [])():
+            meta = getattr(kernel, "metadata", None)
+            found.append({"key": str(key)[-300:], "n_regs": getattr(kernel, "n_regs", None),
+                          "n_spills": getattr(kernel, "n_spills", None),
+                          "shared": getattr(meta, "shared", None), "num_warps": getattr(meta, "num_warps", None)})
+    return found
+
+
+def dump_asm(jit_fn, folder: Path, stem: str) -> None:
+    """Write the TTGIR and PTX of the first compiled variant (layouts and instructions, to read offline)."""
+    for entry in getattr(jit_fn, "device_caches", {}).values():
+        cache = entry[0] if isinstance(entry, tuple) else entry
+        for kernel in getattr(cache, "values", lambda: [])():
+            for ext in ("ttgir", "ptx"):
+                text = kernel.asm.get(ext) if hasattr(kernel, "asm") else None
+                if text:
+                    (folder / f"{stem}.{ext}").write_text(text if isinstance(text, str) else text.decode())
+            return
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--shape", default="64,3072,1024,16,4", help="batch,Dm,L,N,G")
+    p.add_argument("--configs", default="bwd", choices=["bwd", "fwd"])
+    p.add_argument("--limit", type=int, default=None, help="time at most this many configurations")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", default="scan_tune.json")
+    p.add_argument("--asm-dir", default=None, help="write TTGIR/PTX of the default configuration here")
+    args = p.parse_args()
+    dtype = DTYPES[args.dtype]
+    shape = tuple(int(v) for v in args.shape.split(","))
+    grid, rows_of_grid = BWD_GRID if args.configs == "bwd" else FWD_GRID
+    configs = [dict(zip(grid, values)) for values in rows_of_grid]
+    if args.configs == "bwd":
+        default = configs[0]
+    else:
+        default = dict(block_d=triton_scan.FWD_DEFAULTS["block_d"] or 128, num_warps=triton_scan.FWD_DEFAULTS["num_warps"],
+                       j=triton_scan.FWD_DEFAULTS["j"], maxnreg=triton_scan.FWD_DEFAULTS["maxnreg"])
+    configs = [default] + [c for c in configs if c != default]
+    if args.limit:
+        configs = configs[: args.limit]
+    data = make_inputs(*shape, dtype=dtype, device="cuda", seed=1)
+    with torch.no_grad():
+        y, hl, hs = _fwd_call(data, dict(block_d=0, num_warps=4, j=2, maxnreg=0), triton_scan.CHUNK_DEFAULT)
+    dy = torch.randn_like(y)
+    rows = []
+    for cfg in configs:
+        row = dict(cfg)
+        t0 = time.perf_counter()
+        try:
+            row["max_rel_err"] = check(args.configs, cfg, dtype)
+            with torch.no_grad():
+                if args.configs == "bwd":
+                    if cfg["chunk"] != triton_scan.CHUNK_DEFAULT:
+                        _, hl_c, hs_c = _fwd_call(data, dict(block_d=0, num_warps=4, j=2, maxnreg=0), cfg["chunk"])
+                    else:
+                        hl_c, hs_c = hl, hs
+                    row["ms"] = time_cuda(lambda: _bwd_call(data, dy, hs_c, hl_c, cfg), repeats=args.repeats)[0]
+                else:
+                    row["ms"] = time_cuda(lambda: _fwd_call(data, cfg, triton_scan.CHUNK_DEFAULT),
+                                          repeats=args.repeats)[0]
+        except Exception as exc:  # a configuration that fails to compile or run is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        row["wall_s"] = time.perf_counter() - t0
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        torch.cuda.empty_cache()
+    if args.configs == "bwd":
+        from m3amba.ops.selective_scan import triton_bwd
+        kernel_fns = [triton_bwd._ss_bwd_states_kernel, triton_scan._ss_bwd_kernel]
+    else:
+        kernel_fns = [triton_scan._ss_fwd_kernel]
+    kernels = [k for fn in kernel_fns for k in compiled_kernels(fn)]
+    kernel_fn = kernel_fns[0]
+    for k in kernels:
+        print(f"compiled: regs {k['n_regs']} spills {k['n_spills']} shared {k['shared']} warps {k['num_warps']}")
+    if args.asm_dir:
+        Path(args.asm_dir).mkdir(parents=True, exist_ok=True)
+        dump_asm(kernel_fn, Path(args.asm_dir), f"{args.configs}_{args.dtype}")
+    ok = sorted((r for r in rows if "ms" in r), key=lambda r: r["ms"])
+    print(f"\n{args.configs} {args.dtype} shape {shape} on {torch.cuda.get_device_name()}  (best first)")
+    for r in ok:
+        print(f"  {r['ms']:8.2f} ms  err {r['max_rel_err']:.1e}  "
+              + " ".join(f"{k}={r[k]}" for k in grid))
+    Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "dtype": args.dtype,
+                                          "shape": shape, "kind": args.configs, "rows": rows,
+                                          "compiled": kernels}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
