@@ -29,12 +29,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 # the configurations tried, as (field names, rows): a curated list rather than a full product, since
 # every configuration costs a kernel compilation
-# backward: kernel "states" (block_d unused: 32 channels a warp; dot = channel sums on tensor cores) or
-# "per_state" (dot unused)
-BWD_GRID = (("kernel", "chunk", "block_d", "num_warps", "maxnreg", "dot"), [
-    ("states", 64, 0, 1, 0, True), ("states", 64, 0, 1, 0, False), ("states", 64, 0, 2, 0, True),
-    ("states", 64, 0, 4, 0, True), ("states", 128, 0, 1, 0, True), ("states", 64, 0, 1, 232, True),
-    ("per_state", 64, 64, 1, 168, False), ("per_state", 64, 32, 1, 0, False),
+BWD_GRID = (("chunk", "block_d", "num_warps", "maxnreg"), [
+    (64, 32, 1, 0), (64, 64, 1, 168), (64, 64, 1, 0), (64, 64, 1, 232), (64, 32, 1, 168), (64, 32, 1, 128),
+    (64, 128, 2, 168), (64, 128, 4, 128), (128, 32, 1, 0), (32, 32, 1, 0),
 ])
 FWD_GRID = (("block_d", "num_warps", "j", "maxnreg"), [
     (128, 4, 2, 0), (64, 2, 2, 0), (256, 8, 2, 0), (128, 4, 1, 0), (128, 4, 2, 128), (64, 4, 2, 0), (256, 4, 2, 0),
@@ -43,13 +40,9 @@ FWD_GRID = (("block_d", "num_warps", "j", "maxnreg"), [
 
 def _bwd_call(args, y_dy, hs, hl, cfg):
     u, delta, A, B, C, D, z, bias = args
-    if cfg["kernel"] == "states":
-        from m3amba.ops.selective_scan.triton_bwd import bwd_states_impl
-        return bwd_states_impl(y_dy, torch.zeros_like(hl), u, delta, A, B, C, D, z, bias, hs, True, cfg["chunk"],
-                               num_warps=cfg["num_warps"], maxnreg=cfg["maxnreg"], dot=cfg["dot"])
     return torch.ops.m3amba.selective_scan_bwd(
         y_dy, torch.zeros_like(hl), u, delta, A, B, C, D, z, bias, hs, True,
-        cfg["chunk"], cfg["block_d"], cfg["num_warps"], 2, cfg.get("v", triton_scan.BWD_DEFAULTS["v"]), cfg["maxnreg"],
+        cfg["chunk"], cfg["block_d"], cfg["num_warps"], 2, triton_scan.BWD_DEFAULTS["v"], cfg["maxnreg"],
     )
 
 
@@ -63,24 +56,20 @@ def _fwd_call(args, cfg, chunk):
 
 def _kwargs(kind, cfg):
     if kind == "bwd":
-        return dict(chunk=cfg["chunk"], bwd_block_d=cfg["block_d"] or None, bwd_num_warps=cfg["num_warps"],
-                    bwd_maxnreg=cfg["maxnreg"], bwd_kernel=cfg["kernel"])
+        return dict(chunk=cfg["chunk"], bwd_block_d=cfg["block_d"], bwd_num_warps=cfg["num_warps"],
+                    bwd_maxnreg=cfg["maxnreg"])
     return dict(fwd_block_d=cfg["block_d"], fwd_num_warps=cfg["num_warps"], fwd_j=cfg["j"], fwd_maxnreg=cfg["maxnreg"])
 
 
 def check(kind, cfg, dtype):
-    """Max relative L2 (y and all gradients) of this configuration against the per-state kernel.
-
-    (The tensor-core switch of the states kernel is not a launch parameter of ``selective_scan_triton``;
-    it is checked by timing it only, and by the tests.)
-    """
+    """Max relative L2 (y and all gradients) of this configuration against the default one."""
     args = make_inputs(2, 256, 300, 16, 4, dtype=dtype, device="cuda", seed=11, requires_grad=True)
     dy = torch.randn(2, 256, 300, device="cuda", dtype=dtype)
 
     def go(**kw):
         y = triton_scan.selective_scan_triton(*args[:5], args[5], args[6], args[7], True, **kw)
         return [y, *torch.autograd.grad(y, args, dy)]
-    ref = go(bwd_kernel="per_state") if kind == "bwd" else go()
+    ref = go()
     got = go(**_kwargs(kind, cfg))
     return max(rel_err(a, b) for a, b in zip(got, ref))
 
@@ -158,13 +147,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         torch.cuda.empty_cache()
-    if args.configs == "bwd":
-        from m3amba.ops.selective_scan import triton_bwd
-        kernel_fns = [triton_bwd._ss_bwd_states_kernel, triton_scan._ss_bwd_kernel]
-    else:
-        kernel_fns = [triton_scan._ss_fwd_kernel]
-    kernels = [k for fn in kernel_fns for k in compiled_kernels(fn)]
-    kernel_fn = kernel_fns[0]
+    kernel_fn = triton_scan._ss_bwd_kernel if args.configs == "bwd" else triton_scan._ss_fwd_kernel
+    kernels = compiled_kernels(kernel_fn)
     for k in kernels:
         print(f"compiled: regs {k['n_regs']} spills {k['n_spills']} shared {k['shared']} warps {k['num_warps']}")
     if args.asm_dir:

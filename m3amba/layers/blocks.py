@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Tuple
 
 import torch
-from timm.layers import DropPath, Mlp
+from timm.layers import Mlp
 from torch import nn
 
+from .drop import DropPath
 from .ss2d import SS2D, CrossSS2D
 
 __all__ = ["FusedBlock", "CrossBlock", "M3ambaLayer"]

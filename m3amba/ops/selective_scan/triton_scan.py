@@ -69,7 +69,7 @@ __all__ = [
     "triton_supported",
     "FWD_DEFAULTS",
     "BWD_DEFAULTS",
-    "BWD_STATES_DEFAULTS",
+    "BWD_DEFAULTS_16BIT",
 ]
 
 try:  # Triton is optional: without it the module imports and the backend is unsupported.
@@ -90,11 +90,11 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 #: of two dividing Dm / G); v: steps per vector access; j: v-step sub-tiles per
 #: loop iteration (backward: must be 2); maxnreg: register cap per thread (0: none);
 #: CHUNK_DEFAULT: steps between the states saved for the backward pass.
-#: kernel: "states" (state-resident backward, :mod:`.triton_bwd`) or "per_state" (the kernel below);
-#: for "states" only num_warps (32 channels a warp) and maxnreg apply.
 FWD_DEFAULTS = dict(block_d=None, num_warps=4, j=2, v=8, maxnreg=0)
-BWD_DEFAULTS = dict(kernel="states", block_d=64, num_warps=1, j=2, v=4, maxnreg=168)
-BWD_STATES_DEFAULTS = dict(num_warps=1, maxnreg=0)
+BWD_DEFAULTS = dict(block_d=64, num_warps=1, j=2, v=4, maxnreg=168)
+#: backward defaults for 2-byte inputs (bf16/fp16), from ``benchmarks/scan_tune.py`` on an H100 at the
+#: shape above: one channel a lane and no register cap, 21.6 ms against 26.1 ms with BWD_DEFAULTS
+BWD_DEFAULTS_16BIT = dict(BWD_DEFAULTS, block_d=32, maxnreg=0)
 CHUNK_DEFAULT = 64
 
 #: Tests set this to fill every output buffer with NaN before the kernels run,
@@ -590,26 +590,15 @@ def selective_scan_bwd_op(
     dy: Tensor, dh_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], saved_states: Tensor,
     delta_softplus: bool, chunk: int, block_d: int, num_warps: int, j: int, v: int, maxnreg: int,
-    kernel: str = "per_state",
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (empty for absent inputs).
-
-    ``kernel``: ``"states"`` (:mod:`.triton_bwd`; uses num_warps and maxnreg only) or ``"per_state"``.
-    """
-    if kernel == "states":
-        from .triton_bwd import bwd_states_impl
-
-        return bwd_states_impl(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus,
-                               chunk, num_warps=num_warps, maxnreg=maxnreg)
-    if kernel != "per_state":
-        raise ValueError(f"selective_scan_triton: unknown backward kernel {kernel!r} (states, per_state)")
+    """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (empty for absent inputs)."""
     return _bwd_impl(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus,
                      chunk, block_d or None, num_warps, j, v, maxnreg)
 
 
 @selective_scan_bwd_op.register_fake
 def _(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus, chunk,
-      block_d, num_warps, j, v, maxnreg, kernel="per_state"):
+      block_d, num_warps, j, v, maxnreg):
     def like(x):
         if x is None:
             return u.new_empty(0)
@@ -623,27 +612,27 @@ class SelectiveScanTritonFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, cfg: Tuple[int, ...]):
-        chunk, fbd, fnw, fj, fv, fr, bbd, bnw, bj, bv, br, bk = cfg
+        chunk, fbd, fnw, fj, fv, fr, bbd, bnw, bj, bv, br = cfg
         y, h_last, hs = torch.ops.m3amba.selective_scan_fwd(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, fbd, fnw, fj, fv, fr
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
         ctx.delta_softplus = delta_softplus
-        ctx.cfg = (chunk, bbd, bnw, bj, bv, br, bk)
+        ctx.cfg = (chunk, bbd, bnw, bj, bv, br)
         ctx.mark_non_differentiable(hs)
         return y, h_last, hs
 
     @staticmethod
     def backward(ctx: Any, dy, dh_last, _dhs):
         u, delta, A, B, C, D, z, delta_bias, hs = ctx.saved_tensors
-        chunk, bbd, bnw, bj, bv, br, bk = ctx.cfg
+        chunk, bbd, bnw, bj, bv, br = ctx.cfg
         if dy is None:
             dy = torch.zeros_like(u)
         if dh_last is None:
             dh_last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
         du, ddl, dA, dB, dC, dD, dz, dbias = torch.ops.m3amba.selective_scan_bwd(
             dy, dh_last, u, delta, A, B, C, D, z, delta_bias, hs, ctx.delta_softplus,
-            chunk, bbd, bnw, bj, bv, br, bk,
+            chunk, bbd, bnw, bj, bv, br,
         )
         return (
             du, ddl, dA, dB, dC,
@@ -677,7 +666,6 @@ def selective_scan_triton(
     bwd_v: Optional[int] = None,
     fwd_maxnreg: Optional[int] = None,
     bwd_maxnreg: Optional[int] = None,
-    bwd_kernel: Optional[str] = None,
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Selective scan with Triton kernels (backend ``"triton"``).
 
@@ -685,9 +673,9 @@ def selective_scan_triton(
     :func:`m3amba.ops.selective_scan.selective_scan_fn`.  The keyword-only
     launch parameters only affect speed (``chunk``: steps between the states
     saved for backward; ``*_block_d``: channels per program; ``*_num_warps``;
-    ``*_j``: time tile of ``4 * j`` steps; ``bwd_kernel``: ``"states"`` or
-    ``"per_state"``); defaults in :data:`FWD_DEFAULTS`, :data:`BWD_DEFAULTS`,
-    :data:`BWD_STATES_DEFAULTS` and ``CHUNK_DEFAULT``.  float64 inputs are computed by
+    ``*_j``: time tile of ``4 * j`` steps); defaults in :data:`FWD_DEFAULTS`,
+    :data:`BWD_DEFAULTS` (:data:`BWD_DEFAULTS_16BIT` for bf16/fp16 inputs) and
+    ``CHUNK_DEFAULT``.  float64 inputs are computed by
     the ``"torch"`` backend.
     """
     validate_inputs(u, delta, A, B, C, D, z, delta_bias)
@@ -696,15 +684,11 @@ def selective_scan_triton(
 
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     fj = fwd_j or FWD_DEFAULTS["j"]
-    bj = bwd_j or BWD_DEFAULTS["j"]
+    bwd_defaults = BWD_DEFAULTS_16BIT if u.element_size() == 2 else BWD_DEFAULTS
+    bj = bwd_j or bwd_defaults["j"]
     fv = fwd_v or FWD_DEFAULTS["v"]
-    bv = bwd_v or BWD_DEFAULTS["v"]
-    bk = bwd_kernel or BWD_DEFAULTS["kernel"]
-    if bk not in ("states", "per_state"):
-        raise ValueError(f"selective_scan_triton: bwd_kernel must be 'states' or 'per_state', got {bk!r}")
-    # the states kernel has its own defaults for warps and register cap
-    bwd_defaults = dict(BWD_DEFAULTS, **BWD_STATES_DEFAULTS) if bk == "states" else BWD_DEFAULTS
-    _check_chunk(chunk, fv * fj, 4 if bk == "states" else bv * bj)
+    bv = bwd_v or bwd_defaults["v"]
+    _check_chunk(chunk, fv * fj, bv * bj)
     cfg = (
         int(chunk),
         int(fwd_block_d or FWD_DEFAULTS["block_d"] or 0),
@@ -712,12 +696,11 @@ def selective_scan_triton(
         int(fj),
         int(fv),
         int(fwd_maxnreg if fwd_maxnreg is not None else FWD_DEFAULTS["maxnreg"]),
-        int(bwd_block_d or BWD_DEFAULTS["block_d"] or 0),
+        int(bwd_block_d or bwd_defaults["block_d"] or 0),
         int(bwd_num_warps or bwd_defaults["num_warps"]),
         int(bj),
         int(bv),
         int(bwd_maxnreg if bwd_maxnreg is not None else bwd_defaults["maxnreg"]),
-        bk,
     )
     B4 = B if B.dim() == 4 else B.unsqueeze(1)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)

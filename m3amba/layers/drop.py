@@ -1,0 +1,34 @@
+"""Stochastic depth (drop-path) whose rate does not specialise compiled code."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["DropPath"]
+
+
+class DropPath(nn.Module):
+    """Drop whole residual branches per sample with probability ``drop_prob`` (training only).
+
+    Same function as timm's ``DropPath`` (surviving samples scaled by ``1 / keep``), but the rate is
+    held as a (non-persistent) tensor buffer instead of a Python float: ``torch.compile`` guards on a
+    float's value, so the nine trunk layers, each with its own rate, would each need a recompilation
+    and the ninth would exceed dynamo's recompile limit and run eagerly. Checkpoint keys are unchanged.
+    """
+
+    def __init__(self, drop_prob: float) -> None:
+        super().__init__()
+        if not 0.0 <= drop_prob < 1.0:
+            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
+        self.register_buffer("drop_prob", torch.tensor(float(drop_prob)), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1.0 - self.drop_prob.to(x.dtype)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        mask = (torch.rand(shape, device=x.device, dtype=x.dtype) < keep).to(x.dtype)
+        return x * (mask / keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={float(self.drop_prob):.3f}"
