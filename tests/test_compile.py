@@ -46,5 +46,10 @@ def test_drop_path_matches_its_definition() -> None:
     assert torch.allclose(out[kept], x[kept] / 0.75)
     assert abs(kept.float().mean().item() - 0.75) < 0.03
     assert torch.equal(drop.eval()(x), x)
+    # a bf16 model keeps the rate's meaning: the 1/keep scale is computed in fp32, then rounded once
+    half = DropPath(0.1).to(torch.bfloat16).train()
+    out_b = half(torch.ones(2000, 4, dtype=torch.bfloat16))
+    assert out_b.dtype == torch.bfloat16
+    assert set(out_b.unique().tolist()) <= {0.0, torch.tensor(1 / 0.9).to(torch.bfloat16).item()}
     with pytest.raises(ValueError, match="drop_prob"):
         DropPath(1.0)

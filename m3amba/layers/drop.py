@@ -25,10 +25,11 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return x
-        keep = 1.0 - self.drop_prob.to(x.dtype)
+        # the draw and the 1/keep scale in fp32 whatever x's dtype (a bf16 keep of 0.9 is 0.898)
+        keep = 1.0 - self.drop_prob.float()
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        mask = (torch.rand(shape, device=x.device, dtype=x.dtype) < keep).to(x.dtype)
-        return x * (mask / keep)
+        scale = (torch.rand(shape, device=x.device) < keep).float() / keep
+        return x * scale.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"drop_prob={float(self.drop_prob):.3f}"
