@@ -34,7 +34,7 @@ BWD_GRID = (("chunk", "block_d", "num_warps", "maxnreg"), [
     (64, 128, 2, 168), (64, 128, 4, 128), (128, 32, 1, 0), (32, 32, 1, 0),
 ])
 FWD_GRID = (("block_d", "num_warps", "j", "maxnreg"), [
-    (128, 4, 2, 0), (64, 2, 2, 0), (256, 8, 2, 0), (128, 4, 1, 0), (128, 4, 2, 128), (64, 4, 2, 0), (256, 4, 2, 0),
+    (64, 2, 2, 0), (256, 8, 2, 0), (128, 4, 1, 0), (128, 4, 2, 128), (64, 4, 2, 0), (256, 4, 2, 0),
 ])
 
 
@@ -42,7 +42,8 @@ def _bwd_call(args, y_dy, hs, hl, cfg):
     u, delta, A, B, C, D, z, bias = args
     return torch.ops.m3amba.selective_scan_bwd(
         y_dy, torch.zeros_like(hl), u, delta, A, B, C, D, z, bias, hs, True,
-        cfg["chunk"], cfg["block_d"], cfg["num_warps"], 2, triton_scan.BWD_DEFAULTS["v"], cfg["maxnreg"],
+        cfg["chunk"], cfg["block_d"], cfg["num_warps"], triton_scan.BWD_DEFAULTS["j"], triton_scan.BWD_DEFAULTS["v"],
+        cfg["maxnreg"],
     )
 
 
@@ -74,29 +75,42 @@ def check(kind, cfg, dtype):
     return max(rel_err(a, b) for a, b in zip(got, ref))
 
 
-def compiled_kernels(jit_fn) -> list:
-    """Registers, spills and shared memory of every compiled variant of a Triton kernel (best effort)."""
-    found = []
+def _compiled_variants(jit_fn):
+    """Every compiled variant of a Triton kernel, as (cache key, compiled kernel) (best effort)."""
     for entry in getattr(jit_fn, "device_caches", {}).values():
         cache = entry[0] if isinstance(entry, tuple) else entry
-        for key, kernel in getattr(cache, "items", lambda: [])():
-            meta = getattr(kernel, "metadata", None)
-            found.append({"key": str(key)[-300:], "n_regs": getattr(kernel, "n_regs", None),
-                          "n_spills": getattr(kernel, "n_spills", None),
-                          "shared": getattr(meta, "shared", None), "num_warps": getattr(meta, "num_warps", None)})
+        yield from getattr(cache, "items", lambda: [])()
+
+
+def compiled_kernels(jit_fn) -> list:
+    """Registers, spills and shared memory of every compiled variant of a Triton kernel."""
+    found = []
+    for key, kernel in _compiled_variants(jit_fn):
+        meta = getattr(kernel, "metadata", None)
+        found.append({"key": str(key)[-300:], "n_regs": getattr(kernel, "n_regs", None),
+                      "n_spills": getattr(kernel, "n_spills", None),
+                      "shared": getattr(meta, "shared", None), "num_warps": getattr(meta, "num_warps", None)})
     return found
 
 
 def dump_asm(jit_fn, folder: Path, stem: str) -> None:
-    """Write the TTGIR and PTX of the first compiled variant (layouts and instructions, to read offline)."""
-    for entry in getattr(jit_fn, "device_caches", {}).values():
-        cache = entry[0] if isinstance(entry, tuple) else entry
-        for kernel in getattr(cache, "values", lambda: [])():
-            for ext in ("ttgir", "ptx"):
-                text = kernel.asm.get(ext) if hasattr(kernel, "asm") else None
-                if text:
-                    (folder / f"{stem}.{ext}").write_text(text if isinstance(text, str) else text.decode())
-            return
+    """Write the TTGIR and PTX of the first compiled variant (the default configuration, checked first)."""
+    for _, kernel in _compiled_variants(jit_fn):
+        for ext in ("ttgir", "ptx"):
+            text = kernel.asm.get(ext) if hasattr(kernel, "asm") else None
+            if text:
+                (folder / f"{stem}.{ext}").write_text(text if isinstance(text, str) else text.decode())
+        return
+
+
+def default_config(kind: str, dtype: torch.dtype) -> dict:
+    """The launch parameters ``selective_scan_triton`` uses by default, in this script's grid fields."""
+    if kind == "bwd":
+        d = triton_scan.BWD_DEFAULTS_16BIT if dtype.itemsize == 2 else triton_scan.BWD_DEFAULTS
+        return dict(chunk=triton_scan.CHUNK_DEFAULT, block_d=d["block_d"], num_warps=d["num_warps"],
+                    maxnreg=d["maxnreg"])
+    d = triton_scan.FWD_DEFAULTS
+    return dict(block_d=d["block_d"] or 0, num_warps=d["num_warps"], j=d["j"], maxnreg=d["maxnreg"])
 
 
 def main() -> None:
@@ -113,17 +127,14 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     grid, rows_of_grid = BWD_GRID if args.configs == "bwd" else FWD_GRID
     configs = [dict(zip(grid, values)) for values in rows_of_grid]
-    if args.configs == "bwd":
-        default = configs[0]
-    else:
-        default = dict(block_d=triton_scan.FWD_DEFAULTS["block_d"] or 128, num_warps=triton_scan.FWD_DEFAULTS["num_warps"],
-                       j=triton_scan.FWD_DEFAULTS["j"], maxnreg=triton_scan.FWD_DEFAULTS["maxnreg"])
+    default = default_config(args.configs, dtype)  # first, so that the asm dump is the default's
+    fwd_default = default_config("fwd", dtype)
     configs = [default] + [c for c in configs if c != default]
     if args.limit:
         configs = configs[: args.limit]
     data = make_inputs(*shape, dtype=dtype, device="cuda", seed=1)
     with torch.no_grad():
-        y, hl, hs = _fwd_call(data, dict(block_d=0, num_warps=4, j=2, maxnreg=0), triton_scan.CHUNK_DEFAULT)
+        y, hl, hs = _fwd_call(data, fwd_default, triton_scan.CHUNK_DEFAULT)
     dy = torch.randn_like(y)
     rows = []
     for cfg in configs:
@@ -134,7 +145,7 @@ def main() -> None:
             with torch.no_grad():
                 if args.configs == "bwd":
                     if cfg["chunk"] != triton_scan.CHUNK_DEFAULT:
-                        _, hl_c, hs_c = _fwd_call(data, dict(block_d=0, num_warps=4, j=2, maxnreg=0), cfg["chunk"])
+                        _, hl_c, hs_c = _fwd_call(data, fwd_default, cfg["chunk"])
                     else:
                         hl_c, hs_c = hl, hs
                     row["ms"] = time_cuda(lambda: _bwd_call(data, dy, hs_c, hl_c, cfg), repeats=args.repeats)[0]
