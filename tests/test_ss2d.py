@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from m3amba.layers import SS2D, CrossSS2D
-from m3amba.ops.cross_scan import cross_merge, cross_scan
+from m3amba.layers.ss2d import _project_directions
+from m3amba.ops.cross_scan import cross_merge, cross_scan, reorder_directions
 
 H, W = 3, 4  # non-square on purpose: a swapped transpose cannot pass
 
@@ -33,6 +34,25 @@ def test_cross_merge_is_the_adjoint_of_cross_scan():
     torch.testing.assert_close(lhs, rhs)
     # merging a scan of x sums four copies of x
     torch.testing.assert_close(cross_merge(cross_scan(x), H, W), 4 * x.flatten(2))
+
+
+def test_reorder_directions_reads_each_map_in_its_own_order():
+    maps = torch.randn(2, 4, 3, H, W, dtype=torch.float64)  # a different map for every direction
+    got = reorder_directions(maps.flatten(3), H, W)
+    for k in range(4):
+        assert torch.equal(got[:, k], cross_scan(maps[:, k])[:, k])
+    with pytest.raises(ValueError, match="reorder_directions"):
+        reorder_directions(torch.randn(1, 4, 2, 11), H, W)
+
+
+def test_projecting_before_the_cross_scan_equals_projecting_each_direction():
+    feats = torch.randn(2, 5, H, W, dtype=torch.float64)
+    weight = torch.randn(4, 3, 5, dtype=torch.float64)
+    expected = torch.matmul(weight, cross_scan(feats))  # (B, 4, 3, L), one projection per direction
+    torch.testing.assert_close(_project_directions(weight, feats), expected, rtol=1e-12, atol=1e-12)
+    # also on the channels-last layout a depthwise conv of a permuted (B, H, W, C) input leaves
+    cl = feats.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(_project_directions(weight, cl), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_cross_merge_rejects_wrong_shapes():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ..ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan, reorder_directions
 from ..ops.selective_scan import selective_scan_fn
 from .ssm_init import init_a_log, init_dt_projection
 
@@ -40,6 +40,20 @@ def _per_direction_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     in the (B, K, O, L) layout the scan reads (an einsum here permutes and copies the large input).
     """
     return torch.matmul(weight.to(x.dtype), x)
+
+
+def _project_directions(weight: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """(K, R, I) per-direction projections of a (B, I, H, W) map, each in its scan order → (B, K, R, L).
+
+    Equal to projecting ``cross_scan(feats)`` direction by direction, since a map over channels
+    commutes with reordering time steps, but it reads the map once, as one GEMM over the
+    channels-last layout the depthwise conv leaves, and reorders only the R-row result rather
+    than four (B, I, L) copies (nor, in backward, their gradients).
+    """
+    b, i, h, w = feats.shape
+    k, r, _ = weight.shape
+    proj = F.linear(feats.permute(0, 2, 3, 1), weight.reshape(k * r, i).to(feats.dtype))  # (B, H, W, K*R)
+    return reorder_directions(proj.reshape(b, h * w, k, r).permute(0, 2, 3, 1), h, w)
 
 
 class SS2D(nn.Module):
@@ -142,8 +156,9 @@ class SS2D(nn.Module):
         """Mix (B, H, W, D) features; returns (B, H, W, D)."""
         _, height, width, _ = x.shape
         u, gate = self.in_proj(x).chunk(2, dim=-1)
-        xs = cross_scan(self._conv_branch(u))
-        x_dbl = _per_direction_matmul(self.x_proj_weight, xs)
+        feats = self._conv_branch(u)
+        xs = cross_scan(feats)
+        x_dbl = _project_directions(self.x_proj_weight, feats)
         dt_low, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
         return self._output(y, gate)
@@ -183,10 +198,11 @@ class CrossSS2D(SS2D):
         w_u = self.in_proj.weight[:d]
         b_u = self.in_proj.bias[:d] if self.in_proj.bias is not None else None
         u_z = F.linear(z, w_u, b_u)
-        xs = cross_scan(self._conv_branch(u))
-        xs_z = cross_scan(self._conv_branch(u_z))
-        x_dbl = _per_direction_matmul(self.x_proj_weight, xs)
+        feats = self._conv_branch(u)
+        xs = cross_scan(feats)
+        x_dbl = _project_directions(self.x_proj_weight, feats)
         dt_low, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state], dim=2)
-        Bs = _per_direction_matmul(self.B_proj_weight_fused, xs_z)
+        # z's map feeds only this projection: it is never unfolded into the four scan orders
+        Bs = _project_directions(self.B_proj_weight_fused, self._conv_branch(u_z))
         y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
         return self._output(y, gate)

@@ -4,12 +4,17 @@ SS2D reads a (B, C, H, W) map as four 1-D sequences of length L = H*W:
 row-major, column-major, and both of those reversed. ``cross_merge`` maps the four
 per-direction outputs back to row-major order and sums them; it is the adjoint
 (transpose) of ``cross_scan``, so autograd through either is exact.
+
+``reorder_directions`` applies direction k's order to the k-th of four row-major maps. A
+per-direction linear map over channels commutes with the reordering of time steps, so SS2D
+projects the (B, C, H, W) map once and reorders only the small projected rows, instead of
+projecting four reordered copies of the map.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["cross_scan", "cross_merge", "NUM_DIRECTIONS"]
+__all__ = ["cross_scan", "cross_merge", "reorder_directions", "NUM_DIRECTIONS"]
 
 NUM_DIRECTIONS = 4
 
@@ -40,3 +45,21 @@ def cross_merge(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
     pair = ys[:, :2] + ys[:, 2:].flip(-1)
     cols_as_rows = pair[:, 1].reshape(b, c, width, height).transpose(2, 3).reshape(b, c, length)
     return pair[:, 0] + cols_as_rows
+
+
+def reorder_directions(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Read the k-th of four row-major sequences (B, 4, C, H*W) in direction k's scan order.
+
+    ``reorder_directions(x, H, W)[:, k] == cross_scan(m)[:, k]`` whenever ``x[:, k]`` is the
+    row-major flattening of the map ``m``.
+    """
+    if x.dim() != 4 or x.shape[1] != NUM_DIRECTIONS or x.shape[-1] != height * width:
+        raise ValueError(
+            f"reorder_directions expects (B, 4, C, {height}*{width}) sequences, got shape {tuple(x.shape)}"
+        )
+    b, _, c, length = x.shape
+    out = torch.empty_like(x)
+    out[:, 0::2] = x[:, 0::2]
+    out[:, 1::2] = x[:, 1::2].reshape(b, 2, c, height, width).transpose(-1, -2).reshape(b, 2, c, length)
+    out[:, 2:] = out[:, 2:].flip(-1)
+    return out
