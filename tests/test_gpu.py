@@ -25,24 +25,28 @@ def _rel(x, ref):
     return (diff / ref.norm()).item() if ref.norm() > 0 else diff.item()
 
 
-@pytest.mark.parametrize("backend", ["mamba", "torch"])
+@pytest.mark.parametrize("backend", ["mamba", "triton_mamba", "torch"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("length", [1, 37, 1024])
-def test_gpu_backend_matches_reference(backend, dtype, tol, length):
+@pytest.mark.parametrize("with_z", [True, False])
+def test_gpu_backend_matches_reference(backend, dtype, tol, length, with_z):
     if backend not in available_backends("cuda"):
         pytest.skip(f"{backend} backend not available here")
     args = _inputs(2, 64, length, 16, 4, dtype, seed=length)
-    ref_args = [a.detach().double().requires_grad_(True) for a in args]
+    if not with_z:  # without a gate: the path where triton_mamba pairs the two kernels
+        args[6] = None
+    ref_args = [None if a is None else a.detach().double().requires_grad_(True) for a in args]
     call = lambda b, a: selective_scan_fn(a[0], a[1], a[2], a[3], a[4], a[5], z=a[6], delta_bias=a[7],
                                           delta_softplus=True, backend=b)
     y_ref = call("reference", ref_args)
     dy = torch.randn_like(y_ref)
-    g_ref = torch.autograd.grad(y_ref, ref_args, dy)
+    names = [n for n, a in zip("u delta A B C D z bias".split(), args) if a is not None]
+    g_ref = torch.autograd.grad(y_ref, [a for a in ref_args if a is not None], dy)
     y = call(backend, args)
     assert torch.isfinite(y).all()
-    g = torch.autograd.grad(y, args, dy.to(y.dtype))
+    g = torch.autograd.grad(y, [a for a in args if a is not None], dy.to(y.dtype))
     assert _rel(y, y_ref) < tol
-    for name, a, b in zip("u delta A B C D z bias".split(), g, g_ref):
+    for name, a, b in zip(names, g, g_ref):
         assert _rel(a, b) < tol, name
 
 
@@ -58,7 +62,7 @@ def test_model_forward_backward_on_gpu():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("backend", ["mamba", "triton", "torch"])
+@pytest.mark.parametrize("backend", ["mamba", "triton", "triton_mamba", "torch"])
 def test_compiled_layers_match_eager(backend):
     """compile_layers must not change what the model computes (fp32, every GPU scan backend)."""
     import m3amba
@@ -73,3 +77,26 @@ def test_compiled_layers_match_eager(backend):
         compiled = model(x1, x2)
     rel = ((compiled - eager).norm() / eager.norm()).item()
     assert rel < 1e-4, f"compiled layers differ from eager by {rel:.3e} (relative L2) with the {backend} scan"
+
+
+@pytest.mark.parametrize("backend", ["mamba", "triton_mamba"])
+def test_compiled_layers_match_eager_gradients(backend):
+    """Training through compile_layers gives eager's gradients (fp32), the cross-scan kernels included."""
+    import m3amba
+    if backend not in available_backends("cuda"):
+        pytest.skip(f"{backend} backend not available here")
+    torch.manual_seed(0)
+    # eval(): no drop-path or dropout draws, so both runs compute one function
+    model = m3amba.create_model("m3amba_tiny_noclip", in_chans=(13, 1), num_classes=6, scan_backend=backend).cuda().eval()
+    x1, x2 = torch.randn(4, 13, 32, 32, device="cuda"), torch.randn(4, 1, 32, 32, device="cuda")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grads():
+        loss = sum(o.square().mean() for o in model.forward_all(x1, x2)[:3])
+        return torch.autograd.grad(loss, params)
+    eager = grads()
+    model.compile_layers()
+    compiled = grads()
+    num = sum((a - b).square().sum() for a, b in zip(compiled, eager)).sqrt()
+    den = sum(b.square().sum() for b in eager).sqrt()
+    assert (num / den).item() < 1e-4

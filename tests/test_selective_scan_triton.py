@@ -11,21 +11,16 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 from typing import Dict, Optional
 
 import pytest
 import torch
 
+from _triton_interp import run_under_interpreter
 from m3amba.ops.selective_scan import available_backends, selective_scan_fn
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -217,19 +212,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     from m3amba.ops.selective_scan import triton_scan
     from m3amba.ops.selective_scan.reference import selective_scan_ref
 
-    # Triton <= 3.6's interpreter implements tensor.__index__ (used by range() over
-    # runtime scalars) as int() of a 1-element array, which NumPy >= 2.3 rejects.
-    try:
-        import triton.runtime.interpreter as _interp
-        _orig_patch = getattr(_interp, "_patch_lang_tensor", None)
-        if _orig_patch is not None:
-            def _patch_lang_tensor(tensor, *args, **kwargs):
-                out = _orig_patch(tensor, *args, **kwargs)
-                tensor.__index__ = lambda self: int(self.handle.data.reshape(-1)[0])
-                return out
-            _interp._patch_lang_tensor = _patch_lang_tensor
-    except Exception:
-        pass
+    from _triton_interp import patch_interpreter
+    patch_interpreter()
     if not triton_scan.HAS_TRITON:
         print(json.dumps({"skip": "triton not importable"})); sys.exit(0)
     triton_scan.POISON_OUTPUTS = True
@@ -272,27 +256,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_triton_kernels_under_interpreter(tmp_path) -> None:
     """Forward and all gradients of the kernels, run by Triton's CPU interpreter (~10-20 s)."""
-    try:
-        import triton  # noqa: F401
-        import triton.runtime.interpreter  # noqa: F401  (absent in builds without the interpreter)
-    except Exception as exc:  # pragma: no cover - depends on the installation
-        pytest.skip(f"Triton interpreter unavailable: {exc}")
-    script = tmp_path / "run_interpreter.py"
-    script.write_text(_INTERPRETER_SCRIPT)
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = subprocess.run(
-        [sys.executable, str(script), str(REPO_ROOT), str(Path(__file__).resolve())],
-        env=env, capture_output=True, text=True, timeout=110,
-    )
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        if "interpret" in tail.lower() and "not" in tail.lower() and "support" in tail.lower():
-            pytest.skip(f"Triton interpreter unavailable: {tail[-300:]}")
-        raise AssertionError(f"interpreter subprocess failed (rc={proc.returncode}):\n{tail}")
-    payload = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "skip" in payload:
-        pytest.skip(payload["skip"])
+    payload = run_under_interpreter(_INTERPRETER_SCRIPT, tmp_path, __file__)
     for res in payload["results"]:
         assert res["finite"], f"{res['case']}: non-finite output (unwritten element?)"
         for key, err in res["errs"].items():

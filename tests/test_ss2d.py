@@ -5,7 +5,13 @@ import torch.nn.functional as F
 
 from m3amba.layers import SS2D, CrossSS2D
 from m3amba.layers.ss2d import _project_directions
-from m3amba.ops.cross_scan import cross_merge, cross_scan, reorder_directions
+from m3amba.ops.cross_scan import (
+    cross_merge,
+    cross_merge_channels_last,
+    cross_scan,
+    cross_scan_channels_last,
+    reorder_directions,
+)
 
 H, W = 3, 4  # non-square on purpose: a swapped transpose cannot pass
 
@@ -49,10 +55,19 @@ def test_projecting_before_the_cross_scan_equals_projecting_each_direction():
     feats = torch.randn(2, 5, H, W, dtype=torch.float64)
     weight = torch.randn(4, 3, 5, dtype=torch.float64)
     expected = torch.matmul(weight, cross_scan(feats))  # (B, 4, 3, L), one projection per direction
-    torch.testing.assert_close(_project_directions(weight, feats), expected, rtol=1e-12, atol=1e-12)
-    # also on the channels-last layout a depthwise conv of a permuted (B, H, W, C) input leaves
-    cl = feats.contiguous(memory_format=torch.channels_last)
-    torch.testing.assert_close(_project_directions(weight, cl), expected, rtol=1e-12, atol=1e-12)
+    # the (B, H, W, C) view of an NCHW map and of a channels-last one (what the depthwise conv leaves)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        view = feats.contiguous(memory_format=layout).permute(0, 2, 3, 1)
+        torch.testing.assert_close(_project_directions(weight, view), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_last_entry_points_match_the_nchw_functions():
+    feats = torch.randn(2, 5, H, W, dtype=torch.float64)
+    xs = cross_scan_channels_last(feats.permute(0, 2, 3, 1))
+    assert torch.equal(xs, cross_scan(feats))
+    merged = cross_merge_channels_last(xs, H, W)
+    assert merged.shape == (2, H, W, 5)
+    torch.testing.assert_close(merged.permute(0, 3, 1, 2), 4 * feats)
 
 
 def test_cross_merge_rejects_wrong_shapes():

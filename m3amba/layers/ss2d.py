@@ -21,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan, reorder_directions
+from ..ops.cross_scan import (
+    NUM_DIRECTIONS,
+    cross_merge_channels_last,
+    cross_scan_channels_last,
+    reorder_directions,
+)
 from ..ops.selective_scan import selective_scan_fn
 from .ssm_init import init_a_log, init_dt_projection
 
@@ -43,16 +48,16 @@ def _per_direction_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor
 
 
 def _project_directions(weight: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """(K, R, I) per-direction projections of a (B, I, H, W) map, each in its scan order → (B, K, R, L).
+    """(K, R, I) per-direction projections of a (B, H, W, I) map, each in its scan order → (B, K, R, L).
 
-    Equal to projecting ``cross_scan(feats)`` direction by direction, since a map over channels
+    Equal to projecting the cross-scanned map direction by direction, since a map over channels
     commutes with reordering time steps, but it reads the map once, as one GEMM over the
-    channels-last layout the depthwise conv leaves, and reorders only the R-row result rather
-    than four (B, I, L) copies (nor, in backward, their gradients).
+    channels-last layout, and reorders only the R-row result rather than four (B, I, L) copies
+    (nor, in backward, their gradients).
     """
-    b, i, h, w = feats.shape
+    b, h, w, i = feats.shape
     k, r, _ = weight.shape
-    proj = F.linear(feats.permute(0, 2, 3, 1), weight.reshape(k * r, i).to(feats.dtype))  # (B, H, W, K*R)
+    proj = F.linear(feats, weight.reshape(k * r, i).to(feats.dtype))  # (B, H, W, K*R)
     return reorder_directions(proj.reshape(b, h * w, k, r).permute(0, 2, 3, 1), h, w)
 
 
@@ -122,8 +127,8 @@ class SS2D(nn.Module):
 
     # -- pieces shared with CrossSS2D -------------------------------------------------------
     def _conv_branch(self, u: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, Di) → depthwise conv + SiLU → (B, Di, H, W)."""
-        return self.act(self.conv2d(u.permute(0, 3, 1, 2)))
+        """(B, H, W, Di) → depthwise conv + SiLU → (B, H, W, Di) (a view of the conv's channels-last output)."""
+        return self.act(self.conv2d(u.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
 
     def _state_matrix(self) -> torch.Tensor:
         return -torch.exp(_at_least_fp32(self.A_logs))
@@ -144,8 +149,7 @@ class SS2D(nn.Module):
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        y = cross_merge(ys.reshape(b, k, d, length), height, width)
-        return y.transpose(1, 2).reshape(b, height, width, d)
+        return cross_merge_channels_last(ys.reshape(b, k, d, length), height, width)
 
     def _output(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         y = self.out_norm(y.to(gate.dtype)) * self.act(gate)
@@ -157,7 +161,7 @@ class SS2D(nn.Module):
         _, height, width, _ = x.shape
         u, gate = self.in_proj(x).chunk(2, dim=-1)
         feats = self._conv_branch(u)
-        xs = cross_scan(feats)
+        xs = cross_scan_channels_last(feats)
         x_dbl = _project_directions(self.x_proj_weight, feats)
         dt_low, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
@@ -199,7 +203,7 @@ class CrossSS2D(SS2D):
         b_u = self.in_proj.bias[:d] if self.in_proj.bias is not None else None
         u_z = F.linear(z, w_u, b_u)
         feats = self._conv_branch(u)
-        xs = cross_scan(feats)
+        xs = cross_scan_channels_last(feats)
         x_dbl = _project_directions(self.x_proj_weight, feats)
         dt_low, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state], dim=2)
         # z's map feeds only this projection: it is never unfolded into the four scan orders

@@ -5,7 +5,9 @@ Use :func:`selective_scan_fn`; it dispatches to a registered backend:
 * ``"torch"`` – chunked pure-PyTorch scan, fast and stable on any device
   (the default on CPU);
 * ``"reference"`` – the sequential definition, used to test the others;
-* ``"mamba"`` – mamba-ssm's CUDA kernel, when its extension can be imported.
+* ``"mamba"`` – mamba-ssm's CUDA kernel, when its extension can be imported;
+* ``"triton"`` – fused Triton kernels (CUDA);
+* ``"triton_mamba"`` – the Triton forward with mamba-ssm's backward (CUDA, both needed).
 
 Other modules add GPU kernels with :func:`register_backend`.  Choose a
 backend per call (``backend=``), per block (:func:`use_backend`) or per
@@ -32,8 +34,14 @@ register_backend("torch", selective_scan_chunked, priority=10, replace=True)
 from .triton_scan import selective_scan_triton, triton_supported  # noqa: E402  (imports triton lazily/defensively)
 
 register_backend("triton", selective_scan_triton, supports=triton_supported, priority=20, replace=True)
-# mamba-ssm's kernel first when it can be imported (checked lazily, on the first CUDA call)
+# mamba-ssm's kernel when it can be imported (checked lazily, on the first CUDA call); paired with
+# the faster Triton forward when both are there (priority 35: the automatic choice then)
 register_backend("mamba", selective_scan_mamba, supports=mamba_available, priority=30, replace=True)
+
+from .hybrid import selective_scan_triton_mamba, triton_mamba_supported  # noqa: E402
+
+register_backend("triton_mamba", selective_scan_triton_mamba, supports=triton_mamba_supported, priority=35,
+                 replace=True)
 
 __all__ = [
     "BACKEND_ENV_VAR",

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["selective_scan_mamba", "mamba_available", "mamba_unavailable_reason"]
+__all__ = ["selective_scan_mamba", "mamba_available", "mamba_unavailable_reason", "kernel_layout"]
 
 _module = None
 _reason: Optional[str] = None
@@ -87,7 +87,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
 
 @torch.library.custom_op("m3amba::mamba_scan_bwd", mutates_args=())
 def _bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-         delta_bias: Optional[Tensor], dout: Tensor, states: Tensor, out_pre: Optional[Tensor],
+         delta_bias: Optional[Tensor], dout: Tensor, states: Optional[Tensor], out_pre: Optional[Tensor],
          delta_softplus: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     du, ddelta, dA, dB, dC, dD, dbias, *rest = _load().bwd(
         u, delta, A, B, C, D, z, delta_bias, dout, states, out_pre, None, delta_softplus, False)
@@ -121,6 +121,21 @@ def _backward(ctx, dout, _dout_pre, _dstates):
 _fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def kernel_layout(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                  z: Optional[Tensor], delta_bias: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """The inputs as mamba-ssm's kernels take them: contiguous; u, delta, z and grouped (4-D) B, C
+    in u's dtype; A, D and delta_bias in float32."""
+    dtype = u.dtype
+    B = (B.unsqueeze(1) if B.dim() == 3 else B).to(dtype).contiguous()
+    C = (C.unsqueeze(1) if C.dim() == 3 else C).to(dtype).contiguous()
+    return (
+        u.contiguous(), delta.to(dtype).contiguous(), A.float().contiguous(), B, C,
+        D.float().contiguous() if D is not None else None,
+        z.to(dtype).contiguous() if z is not None else None,
+        delta_bias.float().contiguous() if delta_bias is not None else None,
+    )
+
+
 def selective_scan_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
                          z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
                          delta_softplus: bool = False, return_last_state: bool = False):
@@ -130,16 +145,7 @@ def selective_scan_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
     """
     if _load() is None:
         raise RuntimeError(f"the 'mamba' selective-scan backend is unavailable: {_reason}")
-    dtype = u.dtype
-    B = (B.unsqueeze(1) if B.dim() == 3 else B).to(dtype).contiguous()
-    C = (C.unsqueeze(1) if C.dim() == 3 else C).to(dtype).contiguous()
-    y, _, states = _fwd(
-        u.contiguous(), delta.to(dtype).contiguous(), A.float().contiguous(), B, C,
-        D.float().contiguous() if D is not None else None,
-        z.to(dtype).contiguous() if z is not None else None,
-        delta_bias.float().contiguous() if delta_bias is not None else None,
-        bool(delta_softplus),
-    )
+    y, _, states = _fwd(*kernel_layout(u, delta, A, B, C, D, z, delta_bias), bool(delta_softplus))
     if return_last_state:
         return y, states[:, :, -1, 1::2]
     return y
