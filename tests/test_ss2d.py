@@ -49,6 +49,9 @@ def test_reorder_directions_reads_each_map_in_its_own_order():
         assert torch.equal(got[:, k], cross_scan(maps[:, k])[:, k])
     with pytest.raises(ValueError, match="reorder_directions"):
         reorder_directions(torch.randn(1, 4, 2, 11), H, W)
+    # the in-place writes into one buffer must keep autograd exact
+    x = torch.randn(1, 4, 2, H * W, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: reorder_directions(t, H, W), (x,))
 
 
 def test_projecting_before_the_cross_scan_equals_projecting_each_direction():

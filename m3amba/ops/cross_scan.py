@@ -10,16 +10,14 @@ per-direction linear map over channels commutes with the reordering of time step
 projects the (B, C, H, W) map once and reorders only the small projected rows, instead of
 projecting four reordered copies of the map.
 
-SS2D's features are channels-last. ``cross_scan_channels_last`` and ``cross_merge_channels_last``
-go straight between a (B, H, W, C) map and the scan layout. On CUDA they use the Triton kernels
-of :mod:`m3amba.ops.cross_scan_triton`, which move whole tiles across the transpose. Elsewhere, or
-for float64, or without Triton, they use the torch functions here.
+SS2D's features are channels-last: ``cross_scan_channels_last`` and ``cross_merge_channels_last``
+go between a (B, H, W, C) map and the scan layout. They are left to ``torch.compile`` to fuse with
+their neighbours: dedicated Triton kernels for them measured slower on an H100 (see
+docs/benchmarks.md).
 """
 from __future__ import annotations
 
 import torch
-
-from .cross_scan_triton import HAS_TRITON, cross_merge_cl, cross_scan_cl
 
 __all__ = [
     "cross_scan", "cross_merge", "reorder_directions", "cross_scan_channels_last", "cross_merge_channels_last",
@@ -75,23 +73,14 @@ def reorder_directions(x: torch.Tensor, height: int, width: int) -> torch.Tensor
     return out
 
 
-def _use_kernels(x: torch.Tensor) -> bool:
-    # the kernels sum in fp32: float64 keeps the exact torch path
-    return HAS_TRITON and x.is_cuda and x.dtype != torch.float64
-
-
 def cross_scan_channels_last(x: torch.Tensor) -> torch.Tensor:
     """Unfold a channels-last (B, H, W, C) map into the four scan orders, shape (B, 4, C, H*W)."""
     if x.dim() != 4:
         raise ValueError(f"cross_scan_channels_last expects a (B, H, W, C) tensor, got shape {tuple(x.shape)}")
-    if _use_kernels(x):
-        return cross_scan_cl(x)
     return cross_scan(x.permute(0, 3, 1, 2))
 
 
 def cross_merge_channels_last(ys: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Sum four per-direction sequences (B, 4, C, H*W) into a channels-last (B, H, W, C) map."""
-    if _use_kernels(ys):
-        return cross_merge_cl(ys, height, width)
     b, _, c, _ = ys.shape
     return cross_merge(ys, height, width).transpose(1, 2).reshape(b, height, width, c)
