@@ -566,3 +566,17 @@ def test_non_float_and_non_tensor_inputs() -> None:
         selective_scan_fn(*shapes_error(u=torch.zeros(2, 4, 10, dtype=torch.int64)))
     with pytest.raises(TypeError, match="'B'"):
         selective_scan_fn(*shapes_error(B=[[0.0]]))
+
+
+def test_triton_mamba_computes_float64_with_the_exact_chunked_scan():
+    """Neither kernel of the triton_mamba pairing computes in float64: such calls take the torch scan."""
+    from m3amba.ops.selective_scan.hybrid import selective_scan_triton_mamba
+
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(2, 6, 9, generator=g, dtype=torch.float64)
+    delta = torch.rand(2, 6, 9, generator=g, dtype=torch.float64)
+    A = -torch.rand(6, 4, generator=g, dtype=torch.float64)
+    B, C = (torch.randn(2, 2, 4, 9, generator=g, dtype=torch.float64) for _ in range(2))
+    got = selective_scan_triton_mamba(u, delta, A, B, C, delta_softplus=True)
+    ref = selective_scan_fn(u, delta, A, B, C, delta_softplus=True, backend="reference")
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12)

@@ -9,6 +9,7 @@ mamba-ssm (see docs/benchmarks.md).
 
 Calls the pairing cannot serve go to mamba-ssm whole: a gate ``z``, whose backward would need the
 pre-gate output that only mamba-ssm's forward returns; ``return_last_state``; and L > 2048.
+float64 inputs go to the ``"torch"`` backend's exact chunked scan.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ._common import validate_inputs
+from .chunked import selective_scan_chunked
 from .mamba_cuda import _bwd as _mamba_bwd
 from .mamba_cuda import _CHUNK as _MAMBA_CHUNK
 from .mamba_cuda import kernel_layout, mamba_available, selective_scan_mamba
@@ -61,7 +63,10 @@ def selective_scan_triton_mamba(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, 
                                 return_last_state: bool = False):
     """Selective scan: Triton forward, mamba-ssm backward (same signature as ``selective_scan_fn``)."""
     validate_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if z is not None or return_last_state or u.shape[-1] > _MAMBA_CHUNK or u.dtype == torch.float64:
+    if any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D, z, delta_bias)):
+        # neither kernel computes in float64: the exact chunked scan does, as for the "triton" backend
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if z is not None or return_last_state or u.shape[-1] > _MAMBA_CHUNK:
         return selective_scan_mamba(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     u, delta, A, B, C, D, _, delta_bias = kernel_layout(u, delta, A, B, C, D, None, delta_bias)
     return _TritonForwardMambaBackward.apply(u, delta, A, B, C, D, delta_bias, bool(delta_softplus))
