@@ -83,6 +83,9 @@ def main() -> None:
     if args.backend:
         print(json.dumps(one(args)), flush=True)
         return
+    import torch
+    if not torch.cuda.is_available():
+        sys.exit("benchmarks/train_step.py times a GPU training step: no CUDA device is visible here")
     results = []
     for backend in args.backends:
         cmd = [sys.executable, __file__, "--backend", backend, "--model", args.model, "--batch", str(args.batch),
