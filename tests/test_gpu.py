@@ -62,15 +62,23 @@ def test_model_forward_backward_on_gpu():
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("backend", ["mamba", "triton", "triton_mamba", "torch"])
-def test_compiled_layers_match_eager(backend):
-    """compile_layers must not change what the model computes (fp32, every GPU scan backend)."""
+def _tiny_model_and_batch(backend, batch):
+    """A tiny eval-mode model on ``backend`` (skips when it is unavailable) and a fixed random batch.
+
+    eval(): no drop-path or dropout draws, so eager and compiled runs compute one function.
+    """
     import m3amba
     if backend not in available_backends("cuda"):
         pytest.skip(f"{backend} backend not available here")
     torch.manual_seed(0)
     model = m3amba.create_model("m3amba_tiny_noclip", in_chans=(13, 1), num_classes=6, scan_backend=backend).cuda().eval()
-    x1, x2 = torch.randn(8, 13, 32, 32, device="cuda"), torch.randn(8, 1, 32, 32, device="cuda")
+    return model, torch.randn(batch, 13, 32, 32, device="cuda"), torch.randn(batch, 1, 32, 32, device="cuda")
+
+
+@pytest.mark.parametrize("backend", ["mamba", "triton", "triton_mamba", "torch"])
+def test_compiled_layers_match_eager(backend):
+    """compile_layers must not change what the model computes (fp32, every GPU scan backend)."""
+    model, x1, x2 = _tiny_model_and_batch(backend, 8)
     with torch.no_grad():
         eager = model(x1, x2)
         model.compile_layers()
@@ -81,14 +89,8 @@ def test_compiled_layers_match_eager(backend):
 
 @pytest.mark.parametrize("backend", ["mamba", "triton_mamba"])
 def test_compiled_layers_match_eager_gradients(backend):
-    """Training through compile_layers gives eager's gradients (fp32), the cross-scan kernels included."""
-    import m3amba
-    if backend not in available_backends("cuda"):
-        pytest.skip(f"{backend} backend not available here")
-    torch.manual_seed(0)
-    # eval(): no drop-path or dropout draws, so both runs compute one function
-    model = m3amba.create_model("m3amba_tiny_noclip", in_chans=(13, 1), num_classes=6, scan_backend=backend).cuda().eval()
-    x1, x2 = torch.randn(4, 13, 32, 32, device="cuda"), torch.randn(4, 1, 32, 32, device="cuda")
+    """Training through compile_layers gives eager's gradients (fp32)."""
+    model, x1, x2 = _tiny_model_and_batch(backend, 4)
     params = [p for p in model.parameters() if p.requires_grad]
 
     def grads():
