@@ -43,7 +43,7 @@ def _bwd_call(args, y_dy, hs, hl, cfg):
     return torch.ops.m3amba.selective_scan_bwd(
         y_dy, torch.zeros_like(hl), u, delta, A, B, C, D, z, bias, hs, True,
         cfg["chunk"], cfg["block_d"], cfg["num_warps"], triton_scan.BWD_DEFAULTS["j"], triton_scan.BWD_DEFAULTS["v"],
-        cfg["maxnreg"],
+        cfg["maxnreg"], triton_scan.BWD_TILE,
     )
 
 
@@ -58,7 +58,7 @@ def _fwd_call(args, cfg, chunk):
 def _kwargs(kind, cfg):
     if kind == "bwd":
         return dict(chunk=cfg["chunk"], bwd_block_d=cfg["block_d"], bwd_num_warps=cfg["num_warps"],
-                    bwd_maxnreg=cfg["maxnreg"])
+                    bwd_maxnreg=cfg["maxnreg"], bwd_kernel="tile")
     return dict(fwd_block_d=cfg["block_d"], fwd_num_warps=cfg["num_warps"], fwd_j=cfg["j"], fwd_maxnreg=cfg["maxnreg"])
 
 

@@ -151,6 +151,67 @@ def test_triton_launch_parameters(poisoned, chunk, bwd_v) -> None:
     assert rel_err(y, ref["y"]) <= 1e-5
 
 
+LANE_SHAPES = [  # batch, Dm, L, N, G: every one has 32 | Dm / G
+    (2, 128, 77, 16, 4),
+    (1, 96, 65, 5, 3),
+    (2, 256, 1024, 16, 4),
+    (3, 64, 200, 16, 1),
+    (2, 64, 50, 8, None),
+]
+
+
+def _scan_grads(inputs, softplus, **cfg):
+    """Outputs and gradients of the ``"triton"`` backend with launch options (``outputs_and_grads``'s loss)."""
+    from m3amba.ops.selective_scan.triton_scan import selective_scan_triton
+
+    x = {k: (None if v is None else v.detach().clone().requires_grad_(True)) for k, v in inputs.items()}
+    y, h_last = selective_scan_triton(*[x[k] for k in ARG_NAMES], softplus, True, **cfg)
+    g = torch.Generator().manual_seed(1234)
+    loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
+    loss = loss + (h_last.double() * torch.randn(h_last.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
+    names = [k for k in ARG_NAMES if x[k] is not None]
+    grads = torch.autograd.grad(loss, [x[k] for k in names])
+    return {"y": y, "h_last": h_last, **{f"grad_{k}": gr for k, gr in zip(names, grads)}}
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("shape", LANE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("features", ["all", "none", "no_softplus"])
+def test_triton_lane_backward_matches_reference(poisoned, dtype, tol, shape, features) -> None:
+    """The lane backward (forced) against the float64 reference; gate-free calls only."""
+    batch, dim, length, dstate, groups = shape
+    opts = dict(all={}, none=dict(with_D=False, with_bias=False), no_softplus=dict(softplus=False))[features]
+    softplus = opts.pop("softplus", True)
+    inputs = make_inputs(batch, dim, length, dstate, groups, dtype=dtype, device="cuda", seed=length + dim,
+                         with_z=False, softplus=softplus, **opts)
+    got = _scan_grads(inputs, softplus, bwd_kernel="lane")
+    ref = outputs_and_grads("reference", inputs, softplus=softplus, upcast=True)
+    assert got.keys() == ref.keys()
+    for key in ref:
+        assert got[key].shape == ref[key].shape, key
+        assert torch.isfinite(got[key]).all(), f"{key}: non-finite values (unwritten output?)"
+        err = rel_err(got[key], ref[key])
+        assert err <= tol, f"{key}: relative error {err:.3g} > {tol:g}"
+
+
+@pytest.mark.gpu
+@gpu
+def test_triton_backward_kernel_choice() -> None:
+    """auto = the lane backward for a gate-free call with 32 | Dm / G (bitwise), the tile one with a gate."""
+    inputs = make_inputs(2, 128, 100, 16, 4, dtype=torch.bfloat16, device="cuda", seed=11, with_z=False)
+    auto, lane, tile = (_scan_grads(inputs, True, bwd_kernel=k) for k in ("auto", "lane", "tile"))
+    for key in auto:
+        assert torch.equal(auto[key], lane[key]), key
+    assert rel_err(lane["grad_B"], tile["grad_B"]) <= 1e-2
+    gated = make_inputs(2, 128, 100, 16, 4, dtype=torch.float32, device="cuda", seed=12)
+    assert all(torch.equal(a, b) for a, b in zip(_scan_grads(gated, True).values(),
+                                                 _scan_grads(gated, True, bwd_kernel="tile").values()))
+    with pytest.raises(ValueError, match="lane backward"):
+        _scan_grads(gated, True, bwd_kernel="lane")
+
+
 @pytest.mark.gpu
 @gpu
 def test_triton_registered_above_torch_on_cuda() -> None:
@@ -201,6 +262,23 @@ def test_triton_torch_compile_fullgraph_dispatcher() -> None:
 
 # ----------------------------------------------------------------------------- CPU (interpreter)
 
+
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_triton_bwd_kernel_argument_checked() -> None:
+    """A misspelt backward kernel, or the lane kernel where it cannot serve, fails at the call."""
+    from m3amba.ops.selective_scan.triton_bwd_lane import lane_bwd_supported
+    from m3amba.ops.selective_scan.triton_scan import selective_scan_triton
+
+    args = [v for v in make_inputs(1, 64, 16, 4, 2, dtype=torch.float32, device="cpu").values()]
+    with pytest.raises(ValueError, match="bwd_kernel must be one of"):
+        selective_scan_triton(*args, bwd_kernel="fast")
+    with pytest.raises(ValueError, match="gate-free"):
+        selective_scan_triton(*args, bwd_kernel="lane")  # these inputs have a gate z
+    assert lane_bwd_supported(3072, 4, 4, False, 64)
+    assert not lane_bwd_supported(3072, 4, 4, True, 64)  # gate
+    assert not lane_bwd_supported(64, 4, 4, False, 64)  # 16 channels a group
+    assert not lane_bwd_supported(128, 4, 4, False, 20)  # chunk not a multiple of 8
+
 _INTERPRETER_SCRIPT = textwrap.dedent(
     """
     import json, os, sys
@@ -238,15 +316,26 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
         (37, None, dict(with_D=False, with_z=False, with_bias=False), False, dict(chunk=8, fwd_j=1, bwd_v=4)),
         (37, 1, dict(with_D=False, with_bias=False), True, dict()),
     ]
+    # the lane backward (one lane a channel: 32 | Dm / G), with Dm = 64: N 5 (masked states) and
+    # L 24 (a ragged last sub-chunk), N 4 and L 32 (the unmasked EVEN path), 3-D B/C
+    lane = dict(chunk=16, bwd_kernel="lane")
+    cases += [
+        (24, 2, dict(with_z=False, dim=64, dstate=5), True, lane),
+        (32, 1, dict(with_z=False, with_D=False, dim=64, batch=2), True, lane),
+        (21, None, dict(with_z=False, with_bias=False, dim=64), False, lane),
+    ]
     for length, groups, opts, softplus, cfg in cases:
-        inputs = make_inputs(1, 8, length, 4, groups, dtype=torch.float32, device="cpu", seed=length,
-                             softplus=softplus, **opts)
+        opts = dict(opts)
+        shape = dict(batch=opts.pop("batch", 1), dim=opts.pop("dim", 8), dstate=opts.pop("dstate", 4))
+        inputs = make_inputs(shape["batch"], shape["dim"], length, shape["dstate"], groups, dtype=torch.float32,
+                             device="cpu", seed=length, softplus=softplus, **opts)
         fn = lambda *a: triton_scan.selective_scan_triton(*a, **cfg)
         got = run(fn, inputs, softplus, False)
         ref = run(selective_scan_ref, inputs, softplus, True)
         errs = {k: rel_err(got[k], ref[k]) for k in ref}
         finite = all(bool(torch.isfinite(v).all()) for v in got.values())
-        results.append({"case": [length, groups, sorted(opts), softplus], "errs": errs, "finite": finite})
+        results.append({"case": [length, groups, sorted(opts), shape, softplus, cfg.get("bwd_kernel", "auto")],
+                        "errs": errs, "finite": finite})
     print(json.dumps({"results": results}))
     """
 )
@@ -255,7 +344,7 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 @pytest.mark.timeout(120) if importlib.util.find_spec("pytest_timeout") else (lambda f: f)
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_triton_kernels_under_interpreter(tmp_path) -> None:
-    """Forward and all gradients of the kernels, run by Triton's CPU interpreter (~10-20 s)."""
+    """Forward and all gradients of the kernels (both backwards), run by Triton's CPU interpreter (~20-30 s)."""
     payload = run_under_interpreter(_INTERPRETER_SCRIPT, tmp_path, __file__)
     for res in payload["results"]:
         assert res["finite"], f"{res['case']}: non-finite output (unwritten element?)"

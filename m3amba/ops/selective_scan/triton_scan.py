@@ -29,7 +29,9 @@ Forward: sequential over ``L``; ``exp(dt A)`` through ``exp2``; ``D`` skip and
 ``silu(z)`` gate fused; the state entering every chunk of ``CHUNK`` steps is
 saved (fp32, ``(batch, L / CHUNK, N, Dm)``) for the backward pass.
 
-Backward: chunks from last to first.  Phase 1 re-runs the forward over the
+Backward (the "tile" kernel; gate-free calls with 32 | Dm / G take the faster
+"lane" kernel of :mod:`.triton_bwd_lane` instead, same phases, see there):
+chunks from last to first.  Phase 1 re-runs the forward over the
 chunk to get the state at the start of each sub-chunk of ``TB`` steps (a small
 program-private scratch buffer that stays in L2).  Phase 2 walks the
 sub-chunks backwards; for each state index ``n`` it recomputes ``h_t`` over
@@ -61,6 +63,7 @@ import torch
 from torch import Tensor
 
 from ._common import validate_inputs
+from .triton_bwd_lane import LANE_BWD_DEFAULTS, bwd_lane, lane_bwd_supported
 
 __all__ = [
     "HAS_TRITON",
@@ -96,6 +99,10 @@ BWD_DEFAULTS = dict(block_d=64, num_warps=1, j=2, v=4, maxnreg=168)
 #: shape above: one channel a lane and no register cap, 21.6 ms against 26.1 ms with BWD_DEFAULTS
 BWD_DEFAULTS_16BIT = dict(BWD_DEFAULTS, block_d=32, maxnreg=0)
 CHUNK_DEFAULT = 64
+#: backward kernel choice (custom-op argument): the lane kernel where it applies, else the tile kernel;
+#: the tile kernel of this module; the lane kernel of :mod:`.triton_bwd_lane` (an error where it does not apply)
+BWD_AUTO, BWD_TILE, BWD_LANE = 0, 1, 2
+_BWD_KERNELS = {"auto": BWD_AUTO, "tile": BWD_TILE, "lane": BWD_LANE}
 
 #: Tests set this to fill every output buffer with NaN before the kernels run,
 #: so that elements a kernel fails to write are caught.
@@ -495,9 +502,18 @@ def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_
 
 
 def _bwd_impl(dy, dhl, u, delta, A, B, C, D, z, delta_bias, hs, delta_softplus, chunk, block_d, num_warps, j,
-              v=_V, maxnreg=0):
+              v=_V, maxnreg=0, kernel=BWD_AUTO):
     if not HAS_TRITON:
         raise RuntimeError("selective_scan_triton: triton is not available")
+    if kernel != BWD_TILE and lane_bwd_supported(u.shape[1], B.shape[1], C.shape[1], z is not None, chunk):
+        du, ddl, dA, dB, dC, dD, dbias = bwd_lane(dy, dhl, u, delta, A, B, C, D, delta_bias, hs, delta_softplus,
+                                                  chunk, _alloc, LANE_BWD_DEFAULTS["maxnreg"])
+        # a fresh empty tensor each: a custom op's outputs must not alias one another
+        return (du, ddl, dA, dB, dC, dD if dD is not None else u.new_empty(0), u.new_empty(0),
+                dbias if dbias is not None else u.new_empty(0))
+    if kernel == BWD_LANE:
+        raise ValueError("selective_scan_triton: the lane backward serves only gate-free calls with "
+                         f"32 | Dm / G and 8 | chunk (Dm={u.shape[1]}, G={B.shape[1]}/{C.shape[1]}, chunk={chunk})")
     batch, dim, length = u.shape
     dstate = A.shape[1]
     gb, gc = B.shape[1], C.shape[1]
@@ -590,15 +606,20 @@ def selective_scan_bwd_op(
     dy: Tensor, dh_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], saved_states: Tensor,
     delta_softplus: bool, chunk: int, block_d: int, num_warps: int, j: int, v: int, maxnreg: int,
+    kernel: int = 0,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (empty for absent inputs)."""
+    """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (empty for absent inputs).
+
+    ``kernel``: :data:`BWD_AUTO` (the lane kernel where it applies, else the tile kernel),
+    :data:`BWD_TILE` or :data:`BWD_LANE`; ``block_d`` .. ``maxnreg`` launch the tile kernel.
+    """
     return _bwd_impl(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus,
-                     chunk, block_d or None, num_warps, j, v, maxnreg)
+                     chunk, block_d or None, num_warps, j, v, maxnreg, kernel)
 
 
 @selective_scan_bwd_op.register_fake
 def _(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus, chunk,
-      block_d, num_warps, j, v, maxnreg):
+      block_d, num_warps, j, v, maxnreg, kernel=0):
     def like(x):
         if x is None:
             return u.new_empty(0)
@@ -612,27 +633,27 @@ class SelectiveScanTritonFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, cfg: Tuple[int, ...]):
-        chunk, fbd, fnw, fj, fv, fr, bbd, bnw, bj, bv, br = cfg
+        chunk, fbd, fnw, fj, fv, fr, bbd, bnw, bj, bv, br, bk = cfg
         y, h_last, hs = torch.ops.m3amba.selective_scan_fwd(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, fbd, fnw, fj, fv, fr
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hs)
         ctx.delta_softplus = delta_softplus
-        ctx.cfg = (chunk, bbd, bnw, bj, bv, br)
+        ctx.cfg = (chunk, bbd, bnw, bj, bv, br, bk)
         ctx.mark_non_differentiable(hs)
         return y, h_last, hs
 
     @staticmethod
     def backward(ctx: Any, dy, dh_last, _dhs):
         u, delta, A, B, C, D, z, delta_bias, hs = ctx.saved_tensors
-        chunk, bbd, bnw, bj, bv, br = ctx.cfg
+        chunk, bbd, bnw, bj, bv, br, bk = ctx.cfg
         if dy is None:
             dy = torch.zeros_like(u)
         if dh_last is None:
             dh_last = u.new_zeros((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
         du, ddl, dA, dB, dC, dD, dz, dbias = torch.ops.m3amba.selective_scan_bwd(
             dy, dh_last, u, delta, A, B, C, D, z, delta_bias, hs, ctx.delta_softplus,
-            chunk, bbd, bnw, bj, bv, br,
+            chunk, bbd, bnw, bj, bv, br, bk,
         )
         return (
             du, ddl, dA, dB, dC,
@@ -666,6 +687,7 @@ def selective_scan_triton(
     bwd_v: Optional[int] = None,
     fwd_maxnreg: Optional[int] = None,
     bwd_maxnreg: Optional[int] = None,
+    bwd_kernel: str = "auto",
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Selective scan with Triton kernels (backend ``"triton"``).
 
@@ -675,9 +697,21 @@ def selective_scan_triton(
     saved for backward; ``*_block_d``: channels per program; ``*_num_warps``;
     ``*_j``: time tile of ``4 * j`` steps); defaults in :data:`FWD_DEFAULTS`,
     :data:`BWD_DEFAULTS` (:data:`BWD_DEFAULTS_16BIT` for bf16/fp16 inputs) and
-    ``CHUNK_DEFAULT``.  float64 inputs are computed by
+    ``CHUNK_DEFAULT``.  ``bwd_kernel``: ``"auto"`` (the lane backward of
+    :mod:`.triton_bwd_lane` for gate-free calls with 32 | Dm / G, else the tile
+    backward of this module), ``"tile"`` or ``"lane"``; the ``bwd_*`` launch
+    parameters apply to the tile backward.  float64 inputs are computed by
     the ``"torch"`` backend.
     """
+    if bwd_kernel not in _BWD_KERNELS:
+        raise ValueError(f"selective_scan_triton: bwd_kernel must be one of {sorted(_BWD_KERNELS)}, got {bwd_kernel!r}")
+    if bwd_kernel == "lane":
+        groups = [t.shape[1] if t.dim() == 4 else 1 for t in (B, C)]
+        if not lane_bwd_supported(u.shape[1], groups[0], groups[1], z is not None, chunk):
+            raise ValueError(
+                "selective_scan_triton: the lane backward serves only gate-free calls with 32 | Dm / G and 8 | chunk "
+                f"(Dm={u.shape[1]}, G={groups[0]}/{groups[1]}, gate={'yes' if z is not None else 'no'}, chunk={chunk}); "
+                "use bwd_kernel='auto' or 'tile'")
     validate_inputs(u, delta, A, B, C, D, z, delta_bias)
     if any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D, z, delta_bias)):
         from .chunked import selective_scan_chunked
@@ -701,6 +735,7 @@ def selective_scan_triton(
         int(bj),
         int(bv),
         int(bwd_maxnreg if bwd_maxnreg is not None else bwd_defaults["maxnreg"]),
+        _BWD_KERNELS[bwd_kernel],
     )
     B4 = B if B.dim() == 4 else B.unsqueeze(1)
     C4 = C if C.dim() == 4 else C.unsqueeze(1)
