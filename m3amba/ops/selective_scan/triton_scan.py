@@ -606,20 +606,21 @@ def selective_scan_bwd_op(
     dy: Tensor, dh_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], saved_states: Tensor,
     delta_softplus: bool, chunk: int, block_d: int, num_warps: int, j: int, v: int, maxnreg: int,
-    kernel: int = 0,
+    bwd_kind: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Backward kernel: ``(du, ddelta, dA, dB, dC, dD, dz, ddelta_bias)`` (empty for absent inputs).
 
-    ``kernel``: :data:`BWD_AUTO` (the lane kernel where it applies, else the tile kernel),
+    ``bwd_kind``: :data:`BWD_AUTO` (the lane kernel where it applies, else the tile kernel),
     :data:`BWD_TILE` or :data:`BWD_LANE`; ``block_d`` .. ``maxnreg`` launch the tile kernel.
+    (Not named ``kernel``: inductor's fallback for custom ops takes an argument of that name.)
     """
     return _bwd_impl(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus,
-                     chunk, block_d or None, num_warps, j, v, maxnreg, kernel)
+                     chunk, block_d or None, num_warps, j, v, maxnreg, bwd_kind)
 
 
 @selective_scan_bwd_op.register_fake
 def _(dy, dh_last, u, delta, A, B, C, D, z, delta_bias, saved_states, delta_softplus, chunk,
-      block_d, num_warps, j, v, maxnreg, kernel=0):
+      block_d, num_warps, j, v, maxnreg, bwd_kind):
     def like(x):
         if x is None:
             return u.new_empty(0)
