@@ -163,7 +163,7 @@ def levers(model, args):
     def train_all(a, b):
         return model.forward_all(a, b)[:3]
 
-    for backend in [b for b in ("triton_mamba", "mamba", "triton", "torch") if b in available_backends(torch.device("cuda"))]:
+    for backend in [b for b in ("triton", "triton_mamba", "mamba", "torch") if b in available_backends(torch.device("cuda"))]:
         model.set_scan_backend(backend)
         if backend != "torch":  # the pure-PyTorch scan is the fallback, not a lever (see scan table)
             infer(res, f"infer_b64_bf16_scan_{backend}", bf16_forward, repeats=args.repeats)

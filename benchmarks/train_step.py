@@ -1,6 +1,6 @@
 """One training step of M3amba on a GPU: time, peak memory and, optionally, a kernel table.
 
-    python benchmarks/train_step.py --backends mamba triton_mamba --profile-dir prof/
+    python benchmarks/train_step.py --backends triton triton_mamba --profile-dir prof/
 
 For each scan backend: the model (default ``m3amba_base``, Houston shapes: 144 + 1 bands, 15
 classes, 32 x 32 patches, random CLIP tower) with compiled trunk layers, a batch of 64 under bf16
@@ -71,7 +71,7 @@ def one(args) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="m3amba_base")
-    p.add_argument("--backends", nargs="+", default=["mamba", "triton_mamba"])
+    p.add_argument("--backends", nargs="+", default=["triton", "triton_mamba"])
     p.add_argument("--backend", default=None, help=argparse.SUPPRESS)  # one backend, in the child process
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--ckpt", type=int, default=0, help="trunk layers recomputed in backward")

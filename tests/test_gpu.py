@@ -25,7 +25,7 @@ def _rel(x, ref):
     return (diff / ref.norm()).item() if ref.norm() > 0 else diff.item()
 
 
-@pytest.mark.parametrize("backend", ["mamba", "triton_mamba", "torch"])
+@pytest.mark.parametrize("backend", ["mamba", "triton", "triton_mamba", "torch"])
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("length", [1, 37, 1024])
 @pytest.mark.parametrize("with_z", [True, False])
@@ -87,7 +87,7 @@ def test_compiled_layers_match_eager(backend):
     assert rel < 1e-4, f"compiled layers differ from eager by {rel:.3e} (relative L2) with the {backend} scan"
 
 
-@pytest.mark.parametrize("backend", ["mamba", "triton_mamba"])
+@pytest.mark.parametrize("backend", ["mamba", "triton", "triton_mamba"])
 def test_compiled_layers_match_eager_gradients(backend):
     """Training through compile_layers gives eager's gradients (fp32)."""
     model, x1, x2 = _tiny_model_and_batch(backend, 4)

@@ -6,8 +6,9 @@ Use :func:`selective_scan_fn`; it dispatches to a registered backend:
   (the default on CPU);
 * ``"reference"`` – the sequential definition, used to test the others;
 * ``"mamba"`` – mamba-ssm's CUDA kernel, when its extension can be imported;
-* ``"triton"`` – fused Triton kernels (CUDA);
-* ``"triton_mamba"`` – the Triton forward with mamba-ssm's backward (CUDA, both needed).
+* ``"triton"`` – fused Triton kernels (CUDA; the default there);
+* ``"triton_mamba"`` – the Triton forward with mamba-ssm's backward (CUDA, both needed;
+  less memory in training than ``"triton"``, which saves a state every 64 steps).
 
 Other modules add GPU kernels with :func:`register_backend`.  Choose a
 backend per call (``backend=``), per block (:func:`use_backend`) or per
@@ -33,9 +34,11 @@ register_backend("torch", selective_scan_chunked, priority=10, replace=True)
 
 from .triton_scan import selective_scan_triton, triton_supported  # noqa: E402  (imports triton lazily/defensively)
 
-register_backend("triton", selective_scan_triton, supports=triton_supported, priority=20, replace=True)
-# mamba-ssm's kernel when it can be imported (checked lazily, on the first CUDA call); paired with
-# the faster Triton forward when both are there (priority 35: the automatic choice then)
+# the automatic choice on CUDA (priority 40): on an H100 its training step of m3amba_base was 690 ms
+# against 719 ms with triton_mamba and 755 ms with mamba (docs/benchmarks.md)
+register_backend("triton", selective_scan_triton, supports=triton_supported, priority=40, replace=True)
+# mamba-ssm's kernel when it can be imported (checked lazily, on the first CUDA call), and its
+# backward paired with the Triton forward
 register_backend("mamba", selective_scan_mamba, supports=mamba_available, priority=30, replace=True)
 
 from .hybrid import selective_scan_triton_mamba, triton_mamba_supported  # noqa: E402

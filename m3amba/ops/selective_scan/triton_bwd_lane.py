@@ -23,13 +23,15 @@ in one thread and need no communication.
 ``dB_t[n]`` and ``dC_t[n]`` are sums over the channels of a group, i.e. over the lanes. The 16
 values a lane holds per state and sub-chunk (8 steps of each) are summed with a transposed
 butterfly: at each of the five levels a lane keeps half of its values and adds its partner's
-copy of that half (``shfl.sync.bfly``), so the whole sum costs 16 shuffles instead of the 80 of
-sixteen separate reductions, and ends with one finished sum per lane pair, which that pair
-stores. Partial sums of the ``Dm / G / 32`` programs of a group are added by torch afterwards
-(deterministic, no atomics).
+copy of that half, so the whole sum costs 16 shuffles instead of the 80 of sixteen separate
+reductions, and ends with one finished sum per lane pair, which that pair stores. Partial sums of
+the ``Dm / G / 32`` programs of a group are added by torch afterwards (deterministic, no atomics).
 
-Triton's CPU interpreter cannot run inline PTX; there the shuffle is a ``tl.gather`` over the
-lane axis, which computes the same butterfly, so the CPU tests exercise the same index logic.
+The partner's value is a ``tl.gather`` along the channel axis. Triton lowers a gather within one
+warp to shuffles (``SHFL.BFLY`` in the SASS, one a value); unlike a shuffle in inline PTX it stays
+correct whichever register layout Triton chooses for a tile (that layout depends on the
+divisibility Triton can prove for ``L``: with inline PTX the first version was right at L = 1024
+and wrong at L = 77). The interpreter runs the same code, so the CPU tests check the butterfly.
 
 On an H100 at M3amba-base's shape (bf16, batch 64, Dm 3072, G 4, N 16, L 1024, chunk 64) this
 backward took 11.2 ms, mamba-ssm's 13.4 ms and the tile backward 17.5 ms (docs/benchmarks.md).
@@ -95,29 +97,23 @@ if HAS_TRITON:
         return tl.maximum(x, 0.0) + _log2_approx(1.0 + e, ASM) * 0.6931471805599453
 
     @triton.jit
-    def _shfl_xor(x, MASK: tl.constexpr, ASM: tl.constexpr):
-        # the value lane (lane ^ MASK) holds; axis 0 of x is the lane
-        if ASM:
-            xi = x.to(tl.int32, bitcast=True)
-            r = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 0x1f, -1;", "=r,r,r",
-                                          [xi, tl.full(xi.shape, MASK, tl.int32)], dtype=tl.int32,
-                                          is_pure=True, pack=1)
-            return r.to(tl.float32, bitcast=True)
-        else:
-            idx = tl.arange(0, x.shape[0]) ^ MASK
-            for _ in tl.static_range(len(x.shape) - 1):
-                idx = idx[:, None]
-            return tl.gather(x, tl.broadcast_to(idx, x.shape), 0)
+    def _shfl_xor(x, MASK: tl.constexpr):
+        # x[i ^ MASK] along axis 0 (the lanes). A warp-local tl.gather compiles to one shuffle a value
+        # (SHFL.BFLY) and, unlike inline PTX, follows whatever register layout Triton picked
+        idx = tl.arange(0, x.shape[0]) ^ MASK
+        for _ in tl.static_range(len(x.shape) - 1):
+            idx = idx[:, None]
+        return tl.gather(x, tl.broadcast_to(idx, x.shape), 0)
 
     @triton.jit
-    def _halve(x, lane, BIT: tl.constexpr, ASM: tl.constexpr):
+    def _halve(x, lane, BIT: tl.constexpr):
         # one butterfly level: lanes with bit BIT set keep the upper half of x's last axis, the
         # others the lower half, and each adds its partner's copy of the half it keeps
         lo, hi = tl.split(x)
         up = ((lane >> BIT) & 1) != 0
         send = tl.where(up, lo, hi)
         keep = tl.where(up, hi, lo)
-        return keep + _shfl_xor(send, 1 << BIT, ASM)
+        return keep + _shfl_xor(send, 1 << BIT)
 
     @triton.jit
     def _ld8(ptr, off, t0, L, EVEN: tl.constexpr):
@@ -297,11 +293,11 @@ if HAS_TRITON:
                     tl.store(dA_b + n * Dm, tl.load(dA_b + n * Dm, mask=nm, other=0.0) + _tsum(q8 * dt8), mask=nm)
                     # lane sums of dC_t = sum_d h_t dy_t and dB_t = sum_d g_t dt_t u_t
                     r = tl.join(hc8 * dy8, gh8 * dtu8)
-                    r = _halve(r, lane[:, None, None, None], 4, ASM)
-                    r = _halve(r, lane[:, None, None], 3, ASM)
-                    r = _halve(r, lane[:, None], 2, ASM)
-                    r = _halve(r, lane, 1, ASM)
-                    r = r + _shfl_xor(r, 1, ASM)
+                    r = _halve(r, lane[:, None, None, None], 4)
+                    r = _halve(r, lane[:, None, None], 3)
+                    r = _halve(r, lane[:, None], 2)
+                    r = _halve(r, lane, 1)
+                    r = r + _shfl_xor(r, 1)
                     tl.store(red_ptr + n * L + t0, r, mask=red_mask & ((t0 + red_step) < L) & nm)
                 du8 = acc_dtu * dt8
                 ddt8 = acc_ddt + acc_dtu * u8
