@@ -34,8 +34,8 @@ register_backend("torch", selective_scan_chunked, priority=10, replace=True)
 
 from .triton_scan import selective_scan_triton, triton_supported  # noqa: E402  (imports triton lazily/defensively)
 
-# the automatic choice on CUDA (priority 40): on an H100 its training step of m3amba_base was 690 ms
-# against 719 ms with triton_mamba and 755 ms with mamba (docs/benchmarks.md)
+# the automatic choice on CUDA (priority 40): on an H100, in one run, the compiled training step of
+# m3amba_base took 690 ms with it and 719 ms with triton_mamba (docs/benchmarks.md)
 register_backend("triton", selective_scan_triton, supports=triton_supported, priority=40, replace=True)
 # mamba-ssm's kernel when it can be imported (checked lazily, on the first CUDA call), and its
 # backward paired with the Triton forward

@@ -502,16 +502,16 @@ def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_
 
 
 def _bwd_impl(dy, dhl, u, delta, A, B, C, D, z, delta_bias, hs, delta_softplus, chunk, block_d, num_warps, j,
-              v=_V, maxnreg=0, kernel=BWD_AUTO):
+              v=_V, maxnreg=0, bwd_kind=BWD_AUTO):
     if not HAS_TRITON:
         raise RuntimeError("selective_scan_triton: triton is not available")
-    if kernel != BWD_TILE and lane_bwd_supported(u.shape[1], B.shape[1], C.shape[1], z is not None, chunk):
+    if bwd_kind != BWD_TILE and lane_bwd_supported(u.shape[1], B.shape[1], C.shape[1], z is not None, chunk):
         du, ddl, dA, dB, dC, dD, dbias = bwd_lane(dy, dhl, u, delta, A, B, C, D, delta_bias, hs, delta_softplus,
                                                   chunk, _alloc, LANE_BWD_DEFAULTS["maxnreg"])
         # a fresh empty tensor each: a custom op's outputs must not alias one another
         return (du, ddl, dA, dB, dC, dD if dD is not None else u.new_empty(0), u.new_empty(0),
                 dbias if dbias is not None else u.new_empty(0))
-    if kernel == BWD_LANE:
+    if bwd_kind == BWD_LANE:
         raise ValueError("selective_scan_triton: the lane backward serves only gate-free calls with "
                          f"32 | Dm / G and 8 | chunk (Dm={u.shape[1]}, G={B.shape[1]}/{C.shape[1]}, chunk={chunk})")
     batch, dim, length = u.shape
