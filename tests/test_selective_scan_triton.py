@@ -51,12 +51,21 @@ def make_inputs(batch, dim, length, dstate, groups, *, dtype, device, seed=0, wi
     return {k: (None if v is None else v.to(device=device, dtype=dtype)) for k, v in x.items()}
 
 
-def outputs_and_grads(backend, inputs, *, softplus, last=True, upcast=False):
-    """Outputs and the gradients of a fixed random functional of them (loss in float64)."""
+def outputs_and_grads(backend, inputs, *, softplus, last=True, upcast=False, **launch):
+    """Outputs and the gradients of a fixed random functional of them (loss in float64).
+
+    ``launch``: keyword options of ``selective_scan_triton`` (then called directly; backend "triton").
+    """
     x = {k: (None if v is None else (v.double() if upcast else v).detach().clone().requires_grad_(True))
          for k, v in inputs.items()}
-    out = selective_scan_fn(*[x[k] for k in ARG_NAMES], delta_softplus=softplus, return_last_state=last,
-                            backend=backend)
+    args = [x[k] for k in ARG_NAMES]
+    if launch:
+        from m3amba.ops.selective_scan.triton_scan import selective_scan_triton
+
+        assert backend == "triton", "launch options are the Triton backend's"
+        out = selective_scan_triton(*args, softplus, last, **launch)
+    else:
+        out = selective_scan_fn(*args, delta_softplus=softplus, return_last_state=last, backend=backend)
     y, h_last = out if last else (out, None)
     g = torch.Generator().manual_seed(1234)
     loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
@@ -160,20 +169,6 @@ LANE_SHAPES = [  # batch, Dm, L, N, G: every one has 32 | Dm / G
 ]
 
 
-def _scan_grads(inputs, softplus, **cfg):
-    """Outputs and gradients of the ``"triton"`` backend with launch options (``outputs_and_grads``'s loss)."""
-    from m3amba.ops.selective_scan.triton_scan import selective_scan_triton
-
-    x = {k: (None if v is None else v.detach().clone().requires_grad_(True)) for k, v in inputs.items()}
-    y, h_last = selective_scan_triton(*[x[k] for k in ARG_NAMES], softplus, True, **cfg)
-    g = torch.Generator().manual_seed(1234)
-    loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
-    loss = loss + (h_last.double() * torch.randn(h_last.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
-    names = [k for k in ARG_NAMES if x[k] is not None]
-    grads = torch.autograd.grad(loss, [x[k] for k in names])
-    return {"y": y, "h_last": h_last, **{f"grad_{k}": gr for k, gr in zip(names, grads)}}
-
-
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
@@ -186,7 +181,7 @@ def test_triton_lane_backward_matches_reference(poisoned, dtype, tol, shape, fea
     softplus = opts.pop("softplus", True)
     inputs = make_inputs(batch, dim, length, dstate, groups, dtype=dtype, device="cuda", seed=length + dim,
                          with_z=False, softplus=softplus, **opts)
-    got = _scan_grads(inputs, softplus, bwd_kernel="lane")
+    got = outputs_and_grads("triton", inputs, softplus=softplus, bwd_kernel="lane")
     ref = outputs_and_grads("reference", inputs, softplus=softplus, upcast=True)
     assert got.keys() == ref.keys()
     for key in ref:
@@ -201,15 +196,17 @@ def test_triton_lane_backward_matches_reference(poisoned, dtype, tol, shape, fea
 def test_triton_backward_kernel_choice() -> None:
     """auto = the lane backward for a gate-free call with 32 | Dm / G (bitwise), the tile one with a gate."""
     inputs = make_inputs(2, 128, 100, 16, 4, dtype=torch.bfloat16, device="cuda", seed=11, with_z=False)
-    auto, lane, tile = (_scan_grads(inputs, True, bwd_kernel=k) for k in ("auto", "lane", "tile"))
+    auto, lane, tile = (outputs_and_grads("triton", inputs, softplus=True, bwd_kernel=k)
+                        for k in ("auto", "lane", "tile"))
     for key in auto:
         assert torch.equal(auto[key], lane[key]), key
     assert rel_err(lane["grad_B"], tile["grad_B"]) <= 1e-2
     gated = make_inputs(2, 128, 100, 16, 4, dtype=torch.float32, device="cuda", seed=12)
-    assert all(torch.equal(a, b) for a, b in zip(_scan_grads(gated, True).values(),
-                                                 _scan_grads(gated, True, bwd_kernel="tile").values()))
+    by_default = outputs_and_grads("triton", gated, softplus=True)
+    by_tile = outputs_and_grads("triton", gated, softplus=True, bwd_kernel="tile")
+    assert all(torch.equal(by_default[k], by_tile[k]) for k in by_default)
     with pytest.raises(ValueError, match="lane backward"):
-        _scan_grads(gated, True, bwd_kernel="lane")
+        outputs_and_grads("triton", gated, softplus=True, bwd_kernel="lane")
 
 
 @pytest.mark.gpu
@@ -279,7 +276,8 @@ def test_triton_bwd_kernel_argument_checked() -> None:
     assert not lane_bwd_supported(64, 4, 4, False, 64)  # 16 channels a group
     assert not lane_bwd_supported(128, 4, 4, False, 20)  # chunk not a multiple of 8
 
-_INTERPRETER_SCRIPT = textwrap.dedent(
+# shared start of the interpreter scripts (argv: repo root, this file)
+_SCRIPT_PREAMBLE = textwrap.dedent(
     """
     import json, os, sys
     assert os.environ.get("TRITON_INTERPRET") == "1"
@@ -288,12 +286,16 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
     import torch
     from test_selective_scan_triton import ARG_NAMES, make_inputs, rel_err
     from m3amba.ops.selective_scan import triton_scan
-    from m3amba.ops.selective_scan.reference import selective_scan_ref
-
     from _triton_interp import patch_interpreter
     patch_interpreter()
     if not triton_scan.HAS_TRITON:
         print(json.dumps({"skip": "triton not importable"})); sys.exit(0)
+    """
+)
+
+_INTERPRETER_SCRIPT = _SCRIPT_PREAMBLE + textwrap.dedent(
+    """
+    from m3amba.ops.selective_scan.reference import selective_scan_ref
     triton_scan.POISON_OUTPUTS = True
 
     def run(fn, inputs, softplus, upcast):
@@ -341,20 +343,8 @@ _INTERPRETER_SCRIPT = textwrap.dedent(
 )
 
 
-_COMPILE_SCRIPT = textwrap.dedent(
+_COMPILE_SCRIPT = _SCRIPT_PREAMBLE + textwrap.dedent(
     """
-    import json, os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    sys.path.insert(0, sys.argv[1])
-    sys.path.insert(0, os.path.dirname(sys.argv[2]))
-    import torch
-    from test_selective_scan_triton import ARG_NAMES, make_inputs, rel_err
-    from m3amba.ops.selective_scan import triton_scan
-    from _triton_interp import patch_interpreter
-    patch_interpreter()
-    if not triton_scan.HAS_TRITON:
-        print(json.dumps({"skip": "triton not importable"})); sys.exit(0)
-
     def f(u, delta, A, B, C, D, bias):
         y = triton_scan.selective_scan_triton(u, delta, A, B, C, D, None, bias, True, chunk=16)
         return (y * y).sum()

@@ -501,6 +501,12 @@ def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_
     return y, hl, hs
 
 
+def _lane_refusal(dim: int, groups_b: int, groups_c: int, gated: bool, chunk: int) -> str:
+    return ("selective_scan_triton: the lane backward serves only gate-free calls with 32 | Dm / G and 8 | chunk "
+            f"(Dm={dim}, G={groups_b}/{groups_c}, gate={'yes' if gated else 'no'}, chunk={chunk}); "
+            "use bwd_kernel='auto' or 'tile'")
+
+
 def _bwd_impl(dy, dhl, u, delta, A, B, C, D, z, delta_bias, hs, delta_softplus, chunk, block_d, num_warps, j,
               v=_V, maxnreg=0, bwd_kind=BWD_AUTO):
     if not HAS_TRITON:
@@ -512,8 +518,7 @@ def _bwd_impl(dy, dhl, u, delta, A, B, C, D, z, delta_bias, hs, delta_softplus, 
         return (du, ddl, dA, dB, dC, dD if dD is not None else u.new_empty(0), u.new_empty(0),
                 dbias if dbias is not None else u.new_empty(0))
     if bwd_kind == BWD_LANE:
-        raise ValueError("selective_scan_triton: the lane backward serves only gate-free calls with "
-                         f"32 | Dm / G and 8 | chunk (Dm={u.shape[1]}, G={B.shape[1]}/{C.shape[1]}, chunk={chunk})")
+        raise ValueError(_lane_refusal(u.shape[1], B.shape[1], C.shape[1], z is not None, chunk))
     batch, dim, length = u.shape
     dstate = A.shape[1]
     gb, gc = B.shape[1], C.shape[1]
@@ -706,13 +711,10 @@ def selective_scan_triton(
     """
     if bwd_kernel not in _BWD_KERNELS:
         raise ValueError(f"selective_scan_triton: bwd_kernel must be one of {sorted(_BWD_KERNELS)}, got {bwd_kernel!r}")
-    if bwd_kernel == "lane":
+    if bwd_kernel == "lane":  # refused at the call, not only when the backward runs
         groups = [t.shape[1] if t.dim() == 4 else 1 for t in (B, C)]
         if not lane_bwd_supported(u.shape[1], groups[0], groups[1], z is not None, chunk):
-            raise ValueError(
-                "selective_scan_triton: the lane backward serves only gate-free calls with 32 | Dm / G and 8 | chunk "
-                f"(Dm={u.shape[1]}, G={groups[0]}/{groups[1]}, gate={'yes' if z is not None else 'no'}, chunk={chunk}); "
-                "use bwd_kernel='auto' or 'tile'")
+            raise ValueError(_lane_refusal(u.shape[1], groups[0], groups[1], z is not None, chunk))
     validate_inputs(u, delta, A, B, C, D, z, delta_bias)
     if any(t is not None and t.dtype == torch.float64 for t in (u, delta, A, B, C, D, z, delta_bias)):
         from .chunked import selective_scan_chunked
