@@ -21,13 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.cross_scan import (
-    NUM_DIRECTIONS,
-    cross_merge_channels_last,
-    cross_scan_channels_last,
-    reorder_directions,
-)
-from ..ops.selective_scan import selective_scan_fn
+from ..ops.cross_scan import NUM_DIRECTIONS, reorder_directions
+from ..ops.selective_scan.scan2d import selective_scan_2d
 from .ssm_init import init_a_log, init_dt_projection
 
 __all__ = ["SS2D", "CrossSS2D"]
@@ -38,27 +33,22 @@ def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
-def _per_direction_matmul(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(K, O, I) per-direction weights applied to (B, K, I, L) sequences → (B, K, O, L).
+def _project_tokens(weight: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """(K, R, I) per-direction projections of a (B, H, W, I) map, in row-major token order → (B, K, R, L).
 
-    A broadcast matmul: only the small weight is expanded over the batch, and the output comes out
-    in the (B, K, O, L) layout the scan reads (an einsum here permutes and copies the large input).
-    """
-    return torch.matmul(weight.to(x.dtype), x)
-
-
-def _project_directions(weight: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """(K, R, I) per-direction projections of a (B, H, W, I) map, each in its scan order → (B, K, R, L).
-
-    Equal to projecting the cross-scanned map direction by direction, since a map over channels
-    commutes with reordering time steps, but it reads the map once, as one GEMM over the
-    channels-last layout, and reorders only the R-row result rather than four (B, I, L) copies
-    (nor, in backward, their gradients).
+    One GEMM over the channels-last map for all directions. A map over channels commutes with
+    reordering time steps, so reordering the small R-row result (:func:`_project_directions`)
+    equals projecting each cross-scanned copy of the map.
     """
     b, h, w, i = feats.shape
     k, r, _ = weight.shape
     proj = F.linear(feats, weight.reshape(k * r, i).to(feats.dtype))  # (B, H, W, K*R)
-    return reorder_directions(proj.reshape(b, h * w, k, r).permute(0, 2, 3, 1), h, w)
+    return proj.reshape(b, h * w, k, r).permute(0, 2, 3, 1)
+
+
+def _project_directions(weight: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """(K, R, I) per-direction projections of a (B, H, W, I) map, each in its scan order → (B, K, R, L)."""
+    return reorder_directions(_project_tokens(weight, feats), feats.shape[1], feats.shape[2])
 
 
 class SS2D(nn.Module):
@@ -133,23 +123,19 @@ class SS2D(nn.Module):
     def _state_matrix(self) -> torch.Tensor:
         return -torch.exp(_at_least_fp32(self.A_logs))
 
-    def _scan(self, xs: torch.Tensor, dt_low: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
-              Cs: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Run the selective scan on cross-scanned inputs and merge to (B, H, W, Di)."""
-        b, k, d, length = xs.shape
-        dts = _per_direction_matmul(self.dt_projs_weight, dt_low)
-        ys = selective_scan_fn(
-            xs.reshape(b, k * d, length),
-            dts.reshape(b, k * d, length),
-            A,
-            Bs.contiguous(),
-            Cs.contiguous(),
+    def _scan(self, feats: torch.Tensor, dt_low: torch.Tensor, A: torch.Tensor, Bs: torch.Tensor,
+              Cs: torch.Tensor) -> torch.Tensor:
+        """Four-direction scan of the (B, H, W, Di) map, merged back to (B, H, W, Di).
+
+        ``dt_low`` (B, K, R, L) is in row-major token order, ``Bs``/``Cs`` (B, K, N, L) in scan order.
+        """
+        return selective_scan_2d(
+            feats, dt_low, self.dt_projs_weight, A, Bs, Cs,
             _at_least_fp32(self.Ds),
             delta_bias=_at_least_fp32(self.dt_projs_bias.reshape(-1)),
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        return cross_merge_channels_last(ys.reshape(b, k, d, length), height, width)
 
     def _output(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         y = self.out_norm(y.to(gate.dtype)) * self.act(gate)
@@ -161,10 +147,9 @@ class SS2D(nn.Module):
         _, height, width, _ = x.shape
         u, gate = self.in_proj(x).chunk(2, dim=-1)
         feats = self._conv_branch(u)
-        xs = cross_scan_channels_last(feats)
-        x_dbl = _project_directions(self.x_proj_weight, feats)
-        dt_low, Bs, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
+        dt_low, bc = torch.split(_project_tokens(self.x_proj_weight, feats), [self.dt_rank, 2 * self.d_state], dim=2)
+        Bs, Cs = torch.split(reorder_directions(bc, height, width), self.d_state, dim=2)
+        y = self._scan(feats, dt_low, self._state_matrix(), Bs, Cs)
         return self._output(y, gate)
 
 
@@ -203,10 +188,9 @@ class CrossSS2D(SS2D):
         b_u = self.in_proj.bias[:d] if self.in_proj.bias is not None else None
         u_z = F.linear(z, w_u, b_u)
         feats = self._conv_branch(u)
-        xs = cross_scan_channels_last(feats)
-        x_dbl = _project_directions(self.x_proj_weight, feats)
-        dt_low, Cs = torch.split(x_dbl, [self.dt_rank, self.d_state], dim=2)
+        dt_low, c_tokens = torch.split(_project_tokens(self.x_proj_weight, feats), [self.dt_rank, self.d_state], dim=2)
+        Cs = reorder_directions(c_tokens, height, width)
         # z's map feeds only this projection: it is never unfolded into the four scan orders
         Bs = _project_directions(self.B_proj_weight_fused, self._conv_branch(u_z))
-        y = self._scan(xs, dt_low, self._state_matrix(), Bs, Cs, height, width)
+        y = self._scan(feats, dt_low, self._state_matrix(), Bs, Cs)
         return self._output(y, gate)

@@ -44,6 +44,8 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ._layout import SeqLayout, plain_layout
+
 try:  # optional, like the rest of the Triton backend
     import triton
     import triton.language as tl
@@ -116,33 +118,52 @@ if HAS_TRITON:
         return keep + _shfl_xor(send, 1 << BIT)
 
     @triton.jit
-    def _ld8(ptr, off, t0, L, EVEN: tl.constexpr):
-        # (32, 2, 2, 2) fp32 tile of steps t0 .. t0+7 (0 beyond L), step = 4 a + 2 b + c; loaded as
-        # two (32, 4) halves, 4 contiguous values a thread whatever the dtype, so the layout (one
-        # channel a lane, the 8 steps in-thread) does not depend on the element size
+    def _steps8(t0, L):
+        # the steps t0 .. t0+7 of a sub-chunk as two (1, 4) halves, and which lie inside the sequence
         t = tl.arange(0, 4)[None, :]
+        return t0 + t, t0 + 4 + t, (t0 + t) < L, (t0 + 4 + t) < L
+
+    @triton.jit
+    def _pos8(perm_k, t0, L, s_l, EVEN: tl.constexpr, XS: tl.constexpr):
+        # offsets (two (1, 4) halves) of a sub-chunk's steps in the large tensors, and their masks:
+        # step t is stored at t s_l, or with XS at perm_k[t] s_l (a token of the 2-D cross-scan)
+        q0, q1, m0, m1 = _steps8(t0, L)
+        if XS:
+            if EVEN:
+                q0 = tl.load(perm_k + q0)
+                q1 = tl.load(perm_k + q1)
+            else:
+                q0 = tl.load(perm_k + q0, mask=m0, other=0)
+                q1 = tl.load(perm_k + q1, mask=m1, other=0)
+        return q0 * s_l, q1 * s_l, m0, m1
+
+    @triton.jit
+    def _ld8(ptr, row, p0, p1, m0, m1, EVEN: tl.constexpr):
+        # (32, 2, 2, 2) fp32 tile of the 8 steps at offsets p0, p1 (two (1, 4) halves) past the lanes'
+        # row starts (0 where masked off), step = 4 a + 2 b + c. Loaded as two (32, 4) halves, 4
+        # values a thread whatever the dtype, so the layout (one channel a lane, the 8 steps
+        # in-thread) depends neither on the element size nor on where the steps are stored
         if EVEN:
-            x0 = tl.load(ptr + (off + t0 + t))
-            x1 = tl.load(ptr + (off + t0 + 4 + t))
+            x0 = tl.load(ptr + (row + p0))
+            x1 = tl.load(ptr + (row + p1))
         else:
-            x0 = tl.load(ptr + (off + t0 + t), mask=(t0 + t) < L, other=0.0)
-            x1 = tl.load(ptr + (off + t0 + 4 + t), mask=(t0 + 4 + t) < L, other=0.0)
+            x0 = tl.load(ptr + (row + p0), mask=m0, other=0.0)
+            x1 = tl.load(ptr + (row + p1), mask=m1, other=0.0)
         x = tl.reshape(tl.join(x0.to(tl.float32), x1.to(tl.float32)), (x0.shape[0], 2, 2, 2))
         return tl.permute(x, (0, 3, 1, 2))
 
     @triton.jit
-    def _st8(ptr, off, t0, L, x, EVEN: tl.constexpr):
+    def _st8(ptr, row, p0, p1, m0, m1, x, EVEN: tl.constexpr):
         # store a tile of :func:`_ld8`'s layout (cast to the pointer's dtype)
-        t = tl.arange(0, 4)[None, :]
         x0, x1 = tl.split(tl.reshape(tl.permute(x, (0, 2, 3, 1)), (x.shape[0], 4, 2)))
         x0 = x0.to(ptr.dtype.element_ty)
         x1 = x1.to(ptr.dtype.element_ty)
         if EVEN:
-            tl.store(ptr + (off + t0 + t), x0)
-            tl.store(ptr + (off + t0 + 4 + t), x1)
+            tl.store(ptr + (row + p0), x0)
+            tl.store(ptr + (row + p1), x1)
         else:
-            tl.store(ptr + (off + t0 + t), x0, mask=(t0 + t) < L)
-            tl.store(ptr + (off + t0 + 4 + t), x1, mask=(t0 + 4 + t) < L)
+            tl.store(ptr + (row + p0), x0, mask=m0)
+            tl.store(ptr + (row + p1), x1, mask=m1)
 
     @triton.jit
     def _step(x, I: tl.constexpr):
@@ -175,9 +196,9 @@ if HAS_TRITON:
         return tl.sum(tl.sum(tl.sum(x, axis=3), axis=2), axis=1)
 
     @triton.jit
-    def _dt(dl_ptr, off, t0, L, mt, bias, SOFTPLUS: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
+    def _dt(dl_ptr, row, p0, p1, m0, m1, mt, bias, SOFTPLUS: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
         """Pre-softplus ``delta + bias`` and the step size ``dt`` (0 beyond L) of a sub-chunk."""
-        x = _ld8(dl_ptr, off, t0, L, EVEN) + bias
+        x = _ld8(dl_ptr, row, p0, p1, m0, m1, EVEN) + bias
         if SOFTPLUS:
             dt = _softplus(x, ASM)
         else:
@@ -186,16 +207,18 @@ if HAS_TRITON:
 
     @triton.jit
     def _ss_bwd_lane_kernel(
-        u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr,
+        u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, dy_ptr, perm_ptr,
         hs_ptr, hsub_ptr, carry_ptr,
         du_ptr, ddl_ptr, dA_ptr, dD_ptr, dbias_ptr, dbc_ptr,
-        Dm, L, N, nc, nblk, dpg_b, dpg_c, batch,
+        Dm, L, N, nc, nblk, dpg_b, dpg_c, batch, Di,
         sBb, sBg, sBn, sCb, sCg, sCn,
+        su_b, su_k, su_d, sd_b, sd_k, sd_d, sy_b, sy_k, sy_d, s_l,
         HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-        NP: tl.constexpr, K: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr,
+        NP: tl.constexpr, K: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr, XS: tl.constexpr,
     ):
         # grid (Dm // 32, batch); sub-chunks of 8 steps, K of them per saved chunk; EVEN: N == NP
-        # and 8 | L, so no load needs a mask
+        # and 8 | L, so no load needs a mask. Addresses of u, delta (and du, ddelta) and dy: see
+        # SeqLayout (su_*, sd_*, sy_*, s_l, perm_ptr with XS)
         BD: tl.constexpr = 32
         TB: tl.constexpr = 8
         CHUNK: tl.constexpr = K * TB
@@ -206,7 +229,13 @@ if HAS_TRITON:
         d0 = pid_d * BD
         lane = tl.arange(0, BD)
         offs_d = d0 + lane
-        off = b64 * Dm * L + offs_d.to(tl.int64)[:, None] * L  # (32, 1) row starts
+        kdir = d0 // Di
+        k64 = kdir.to(tl.int64)
+        dd = (offs_d - kdir * Di).to(tl.int64)
+        row_u = (b64 * su_b + k64 * su_k + dd * su_d)[:, None]  # (32, 1) row starts
+        row_d = (b64 * sd_b + k64 * sd_k + dd * sd_d)[:, None]
+        row_y = (b64 * sy_b + k64 * sy_k + dd * sy_d)[:, None]
+        perm_k = perm_ptr + kdir * L
         zero = (lane * 0)[:, None]  # B / C rows: every lane reads the same steps
         tt = (4 * tl.arange(0, 2)[:, None, None] + 2 * tl.arange(0, 2)[None, :, None]
               + tl.arange(0, 2)[None, None, :])[None, :, :, :]  # (1, 2, 2, 2) step index
@@ -241,13 +270,15 @@ if HAS_TRITON:
             for s in range(ks - 1):
                 t0 = c * CHUNK + s * TB
                 mt = ((t0 + tt) < L) | EVEN
-                x8, dt8 = _dt(dl_ptr, off, t0, L, mt, bias, SOFTPLUS, EVEN, ASM)
-                dtu8 = dt8 * _ld8(u_ptr, off, t0, L, EVEN)
+                p0, p1, m0, m1 = _pos8(perm_k, t0, L, s_l, EVEN, XS)
+                q0, q1, _m0, _m1 = _steps8(t0, L)
+                x8, dt8 = _dt(dl_ptr, row_d, p0, p1, m0, m1, mt, bias, SOFTPLUS, EVEN, ASM)
+                dtu8 = dt8 * _ld8(u_ptr, row_u, p0, p1, m0, m1, EVEN)
                 for n in range(NP):
                     nm = ((lane * 0 + n) < N) | EVEN
                     A2 = tl.load(A_ptr + offs_d * N + n, mask=nm, other=0.0).to(tl.float32) * LOG2E
                     a8 = tl.exp2(dt8 * _bc(A2))
-                    xb8 = dtu8 * _ld8(Bp + n * sBn, zero, t0, L * (n < N), EVEN)
+                    xb8 = dtu8 * _ld8(Bp + n * sBn, zero, q0, q1, m0 & (n < N), m1 & (n < N), EVEN)
                     h = tl.load(hsub_b + (s * N + n) * Dm, mask=nm, other=0.0)
                     for i in tl.static_range(TB):
                         h = _step(a8, i) * h + _step(xb8, i)
@@ -257,9 +288,11 @@ if HAS_TRITON:
                 s = ks - 1 - si
                 t0 = c * CHUNK + s * TB
                 mt = ((t0 + tt) < L) | EVEN
-                u8 = _ld8(u_ptr, off, t0, L, EVEN)
-                x8, dt8 = _dt(dl_ptr, off, t0, L, mt, bias, SOFTPLUS, EVEN, ASM)
-                dy8 = _ld8(dy_ptr, off, t0, L, EVEN)
+                p0, p1, m0, m1 = _pos8(perm_k, t0, L, s_l, EVEN, XS)
+                q0, q1, _m0, _m1 = _steps8(t0, L)
+                u8 = _ld8(u_ptr, row_u, p0, p1, m0, m1, EVEN)
+                x8, dt8 = _dt(dl_ptr, row_d, p0, p1, m0, m1, mt, bias, SOFTPLUS, EVEN, ASM)
+                dy8 = _ld8(dy_ptr, row_y, p0, p1, m0, m1, EVEN)
                 dtu8 = dt8 * u8
                 acc_dtu = tl.zeros_like(dt8)  # d loss / d (dt u)
                 acc_ddt = tl.zeros_like(dt8)  # d loss / d dt through the decay
@@ -267,8 +300,8 @@ if HAS_TRITON:
                     nm = ((lane * 0 + n) < N) | EVEN
                     An = tl.load(A_ptr + offs_d * N + n, mask=nm, other=0.0).to(tl.float32)
                     a8 = tl.exp2(dt8 * _bc(An * LOG2E))
-                    b8 = _ld8(Bp + n * sBn, zero, t0, L * (n < N), EVEN)
-                    c8 = _ld8(Cp + n * sCn, zero, t0, L * (n < N), EVEN)
+                    b8 = _ld8(Bp + n * sBn, zero, q0, q1, m0 & (n < N), m1 & (n < N), EVEN)
+                    c8 = _ld8(Cp + n * sCn, zero, q0, q1, m0 & (n < N), m1 & (n < N), EVEN)
                     xb8 = dtu8 * b8
                     # h over the sub-chunk: before (hp8) and after (hc8) each step
                     h = tl.load(hsub_b + (s * N + n) * Dm, mask=nm, other=0.0)
@@ -312,8 +345,8 @@ if HAS_TRITON:
                 ddl8 = tl.where(mt, ddl8, 0.0)
                 if HAS_BIAS:
                     db_acc += _tsum(ddl8)
-                _st8(du_ptr, off, t0, L, du8, EVEN)
-                _st8(ddl_ptr, off, t0, L, ddl8, EVEN)
+                _st8(du_ptr, row_d, p0, p1, m0, m1, du8, EVEN)
+                _st8(ddl_ptr, row_d, p0, p1, m0, m1, ddl8, EVEN)
         if HAS_D:
             tl.store(dD_ptr + b64 * Dm + offs_d, dD_acc)
         if HAS_BIAS:
@@ -322,24 +355,29 @@ if HAS_TRITON:
 
 def bwd_lane(dy: Tensor, dh_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
              D: Optional[Tensor], delta_bias: Optional[Tensor], saved_states: Tensor, delta_softplus: bool,
-             chunk: int, alloc: Callable, maxnreg: int = 0) -> Tuple[Tensor, ...]:
+             chunk: int, alloc: Callable, maxnreg: int = 0, layout: Optional[SeqLayout] = None) -> Tuple[Tensor, ...]:
     """Gradients ``(du, ddelta, dA, dB, dC, dD, ddelta_bias)`` of a gate-free scan.
 
     ``B``/``C`` are grouped (4-D); ``saved_states`` are the forward kernel's states entering each
     chunk of ``chunk`` steps, ``(batch, L / chunk, N, Dm)`` fp32; ``dh_last`` is the gradient of
     the final state ``(batch, Dm, N)``. ``alloc(shape, dtype, device)`` makes the output buffers
     (the tests poison them). ``dD``/``ddelta_bias`` are None for absent inputs.
+
+    ``layout``: where the kernel finds ``u``, ``delta`` and ``dy`` (default: contiguous
+    ``(batch, Dm, L)``); ``du`` and ``ddelta`` come out shaped and laid out like ``delta``.
     """
     if not HAS_TRITON:
         raise RuntimeError("the lane backward needs triton")
-    batch, dim, length = u.shape
+    batch, dim, length = u.shape[0], A.shape[0], B.shape[-1]
     dstate = A.shape[1]
     gb, gc = B.shape[1], C.shape[1]
     if not lane_bwd_supported(dim, gb, gc, False, chunk):
         raise ValueError(f"lane backward: needs 32 | Dm / G and 8 | chunk, got Dm={dim}, G={gb}/{gc}, chunk={chunk}")
     dev = u.device
     f32 = torch.float32
-    u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
+    if layout is None:
+        u, delta, dy = u.contiguous(), delta.contiguous(), dy.contiguous()
+        layout = plain_layout(dim, length)
     Bf, Cf = B.to(f32).contiguous(), C.to(f32).contiguous()  # small; no per-step unpacking in the kernel
     A = A.contiguous()
     k = chunk // _STEPS
@@ -348,7 +386,7 @@ def bwd_lane(dy: Tensor, dh_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B
     np_ = 1 << max(0, (dstate - 1).bit_length())
     hsub = torch.empty((batch, k, dstate, dim), dtype=f32, device=dev)  # program-private scratch
     carry = dh_last.to(f32).transpose(1, 2).contiguous()  # (batch, N, Dm), updated in place
-    du = alloc(u.shape, u.dtype, dev)
+    du = alloc(delta.shape, u.dtype, dev)
     ddl = alloc(delta.shape, delta.dtype, dev)
     dA_part = torch.zeros((batch, dstate, dim), dtype=f32, device=dev)
     dD_part = alloc((batch, dim), f32, dev) if D is not None else None
@@ -357,12 +395,14 @@ def bwd_lane(dy: Tensor, dh_last: Tensor, u: Tensor, delta: Tensor, A: Tensor, B
     opts = {"maxnreg": int(maxnreg)} if maxnreg and u.is_cuda and not _INTERPRET else {}
     _ss_bwd_lane_kernel[(nblk, batch)](
         u, delta, A, Bf, Cf, D if D is not None else u, delta_bias if delta_bias is not None else u, dy,
+        layout.perm if layout.perm is not None else u,
         saved_states, hsub, carry, du, ddl, dA_part,
         dD_part if dD_part is not None else u, db_part if db_part is not None else u, dbc,
-        dim, length, dstate, nc, nblk, dim // gb, dim // gc, batch,
+        dim, length, dstate, nc, nblk, dim // gb, dim // gc, batch, layout.di,
         Bf.stride(0), Bf.stride(1), Bf.stride(2), Cf.stride(0), Cf.stride(1), Cf.stride(2),
+        *layout.su, *layout.sd, *layout.sy, layout.s_l,
         HAS_D=D is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        NP=np_, K=k, EVEN=np_ == dstate and length % _STEPS == 0, ASM=not _INTERPRET,
+        NP=np_, K=k, EVEN=np_ == dstate and length % _STEPS == 0, ASM=not _INTERPRET, XS=layout.perm is not None,
         num_warps=1, **opts,
     )
     dA = dA_part.sum(0).t().contiguous().to(A.dtype)

@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 
 from ._common import validate_inputs
+from ._layout import SeqLayout, plain_layout
 from .triton_bwd_lane import LANE_BWD_DEFAULTS, bwd_lane, lane_bwd_supported
 
 __all__ = [
@@ -190,10 +191,8 @@ if HAS_TRITON:
             tl.store(ptr + (off2 + t0), x.to(ptr.dtype.element_ty), mask=(t0 + k2) < L)
 
     @triton.jit
-    def _load_dt(dl_ptr, off2, k2, t0, L, mt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-                 J: tl.constexpr, V: tl.constexpr):
-        """Pre-softplus value ``delta + bias`` and effective ``dt`` (0 outside the sequence)."""
-        x = _ld(dl_ptr, off2, k2, t0, L, J, V)
+    def _dt_of(x, mt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """Pre-softplus value ``delta + bias`` and effective ``dt`` (0 outside the sequence) of raw ``x``."""
         if HAS_BIAS:
             x = x + bias
         if SOFTPLUS:
@@ -202,6 +201,22 @@ if HAS_TRITON:
             dt = x
         dt = tl.where(mt, dt, 0.0)
         return x, dt
+
+    @triton.jit
+    def _load_dt(dl_ptr, off2, k2, t0, L, mt, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                 J: tl.constexpr, V: tl.constexpr):
+        """Pre-softplus value ``delta + bias`` and effective ``dt`` (0 outside the sequence)."""
+        return _dt_of(_ld(dl_ptr, off2, k2, t0, L, J, V), mt, bias, HAS_BIAS, SOFTPLUS)
+
+    @triton.jit
+    def _seq_pos(perm_ptr, t, mt, XS: tl.constexpr):
+        """Where step ``t`` of a program's sequence is stored: ``t`` itself, or (``XS``, the 2-D
+        cross-scan) the row-major token that the program's direction visits at step ``t``, read from
+        a small int32 table (the same few hundred bytes for every program: it stays in L1)."""
+        if XS:
+            return tl.load(perm_ptr + t, mask=mt, other=0)
+        else:
+            return t
 
     @triton.jit
     def _scan_tile(h, A2, dt, dtu, tt, t0, L, Bp, Cp, sBl, sCl, offs_n, mask_n,
@@ -223,16 +238,19 @@ if HAS_TRITON:
 
     @triton.jit
     def _ss_fwd_kernel(
-        u_ptr, dl_ptr, A_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr,
+        u_ptr, dl_ptr, A_ptr, Bt_ptr, Ct_ptr, D_ptr, z_ptr, bias_ptr, perm_ptr,
         y_ptr, hs_ptr, hl_ptr,
-        Dm, L, N, nc, dpg_b, dpg_c,
+        Dm, L, N, nc, dpg_b, dpg_c, Di,
         sBb, sBg, sBl, sCb, sCg, sCl,
+        su_b, su_k, su_d, sd_b, sd_k, sd_d, s_l,
         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         NP: tl.constexpr, BD: tl.constexpr, J: tl.constexpr, V: tl.constexpr,
-        CHUNK_TILES: tl.constexpr,
+        CHUNK_TILES: tl.constexpr, XS: tl.constexpr,
     ):
         # grid: (Dm // BD, batch); loop over tiles of T = J * V steps, each handled
-        # as J sub-tiles of V steps
+        # as J sub-tiles of V steps. Channel d is channel d % Di of direction d // Di; element
+        # (batch b, channel d, step t) of u / z is at b su_b + (d // Di) su_k + (d % Di) su_d + pos(t) s_l,
+        # of delta and y likewise with sd_*; pos(t) = t, or with XS a token of the 2-D cross-scan
         pid_d = tl.program_id(0)
         pid_b = tl.program_id(1)
         d0 = pid_d * BD
@@ -240,8 +258,12 @@ if HAS_TRITON:
         offs_n = tl.arange(0, NP)
         mask_n = offs_n < N
         b64 = pid_b.to(tl.int64)
-        k2 = tl.arange(0, V)[None, :]  # (1, V)
-        off2 = b64 * Dm * L + offs_d.to(tl.int64)[:, None] * L + k2  # (BD, V)
+        kdir = d0 // Di
+        k64 = kdir.to(tl.int64)
+        dd = (offs_d - kdir * Di).to(tl.int64)
+        row_u = (b64 * su_b + k64 * su_k + dd * su_d)[:, None]  # (BD, 1)
+        row_d = (b64 * sd_b + k64 * sd_k + dd * sd_d)[:, None]
+        perm_k = perm_ptr + kdir * L
         tt = tl.arange(0, V)[None, :]  # (1, V)
         T: tl.constexpr = J * V
 
@@ -264,15 +286,17 @@ if HAS_TRITON:
             for jj in tl.static_range(J):
                 t0 = it * T + jj * V
                 mt = (t0 + tt) < L
-                u = _ld(u_ptr, off2, k2, t0, L, 1, V)
-                x, dt = _load_dt(dl_ptr, off2, k2, t0, L, mt, bias, HAS_BIAS, SOFTPLUS, 1, V)
+                p = _seq_pos(perm_k, t0 + tt, mt, XS) * s_l  # (1, V)
+                u = tl.load(u_ptr + (row_u + p), mask=mt, other=0.0).to(tl.float32)
+                x, dt = _dt_of(tl.load(dl_ptr + (row_d + p), mask=mt, other=0.0).to(tl.float32), mt, bias,
+                               HAS_BIAS, SOFTPLUS)
                 h, y = _scan_tile(h, A2, dt, dt * u, tt, t0, L, Bp, Cp, sBl, sCl, offs_n, mask_n, V, True)
                 if HAS_D:
                     y += Dv * u
                 if HAS_Z:
-                    zv = _ld(z_ptr, off2, k2, t0, L, 1, V)
+                    zv = tl.load(z_ptr + (row_u + p), mask=mt, other=0.0).to(tl.float32)
                     y = y * zv * _sigmoid(zv)
-                _st(y_ptr, off2, k2, t0, L, y, 1, V)
+                tl.store(y_ptr + (row_d + p), y.to(y_ptr.dtype.element_ty), mask=mt)
         _scatter_state(hl_ptr + b64 * Dm * N, h, offs_d, offs_n, N, 1, N, NP)
 
     @triton.jit
@@ -464,23 +488,29 @@ def _check_chunk(chunk: int, t_fwd: int, t_bwd: int) -> None:
         )
 
 
-def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_d, num_warps, j, v=_V, maxnreg=0):
+def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_d, num_warps, j, v=_V, maxnreg=0,
+              layout: Optional[SeqLayout] = None):
+    """Launch the forward kernel; ``y`` comes out shaped and laid out like ``delta``."""
     if not HAS_TRITON:
         raise RuntimeError("selective_scan_triton: triton is not available")
-    batch, dim, length = u.shape
+    batch, dim, length = u.shape[0], A.shape[0], B.shape[-1]
     dstate = A.shape[1]
     gb, gc = B.shape[1], C.shape[1]
-    u, delta = u.contiguous(), delta.contiguous()
+    if layout is None:
+        u, delta = u.contiguous(), delta.contiguous()
+        layout = plain_layout(dim, length)
     A = A.contiguous()
     Bt = B.transpose(-1, -2).contiguous()  # (batch, G, L, N): N contiguous per step
     Ct = C.transpose(-1, -2).contiguous()
     z = None if z is None else z.contiguous()
     bd, nw = _pick_block(dim // gb, dim // gc, block_d, num_warps)
+    if layout.di % bd:
+        raise ValueError(f"selective_scan_triton: {bd} channels a program do not divide {layout.di} a direction")
     T = v * j
     if chunk % T:
         raise ValueError(f"selective_scan_triton: chunk={chunk} must be a multiple of 4*j={T}")
     nc = -(-length // chunk)
-    y = _alloc((batch, dim, length), u.dtype, u.device)
+    y = _alloc(delta.shape, u.dtype, u.device)
     hs = _alloc((batch, nc, dstate, dim), torch.float32, u.device)
     hl = _alloc((batch, dim, dstate), torch.float32, u.device)
     dummy = u
@@ -490,12 +520,14 @@ def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_
         D if D is not None else dummy,
         z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy,
+        layout.perm if layout.perm is not None else dummy,
         y, hs, hl,
-        dim, length, dstate, nc, dim // gb, dim // gc,
+        dim, length, dstate, nc, dim // gb, dim // gc, layout.di,
         Bt.stride(0), Bt.stride(1), Bt.stride(2), Ct.stride(0), Ct.stride(1), Ct.stride(2),
+        *layout.su, *layout.sd, layout.s_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
-        NP=_next_pow2(dstate), BD=bd, J=j, V=v, CHUNK_TILES=chunk // T,
+        NP=_next_pow2(dstate), BD=bd, J=j, V=v, CHUNK_TILES=chunk // T, XS=layout.perm is not None,
         num_warps=nw, **_reg_cap(maxnreg, u),
     )
     return y, hl, hs
