@@ -124,19 +124,75 @@ if HAS_TRITON:
         return t0 + t, t0 + 4 + t, (t0 + t) < L, (t0 + 4 + t) < L
 
     @triton.jit
-    def _pos8(perm_k, t0, L, s_l, EVEN: tl.constexpr, XS: tl.constexpr):
-        # offsets (two (1, 4) halves) of a sub-chunk's steps in the large tensors, and their masks:
-        # step t is stored at t s_l, or with XS at perm_k[t] s_l (a token of the 2-D cross-scan)
-        q0, q1, m0, m1 = _steps8(t0, L)
-        if XS:
-            if EVEN:
-                q0 = tl.load(perm_k + q0)
-                q1 = tl.load(perm_k + q1)
-            else:
-                q0 = tl.load(perm_k + q0, mask=m0, other=0)
-                q1 = tl.load(perm_k + q1, mask=m1, other=0)
-        return q0 * s_l, q1 * s_l, m0, m1
+    def _ld1(ptr, row, perm_k, t, L, s_l, EVEN: tl.constexpr):
+        # (C,) fp32: step t of every lane's sequence, stored at token perm_k[t] (0 beyond L)
+        if EVEN:
+            return tl.load(ptr + (row + tl.load(perm_k + t) * s_l)).to(tl.float32)
+        else:
+            inside = (row * 0 + t) < L
+            return tl.load(ptr + (row + tl.load(perm_k + t, mask=t < L, other=0) * s_l), mask=inside,
+                           other=0.0).to(tl.float32)
 
+    @triton.jit
+    def _st1(ptr, row, perm_k, t, L, s_l, x, EVEN: tl.constexpr):
+        # store (C,) values as step t (see :func:`_ld1`)
+        if EVEN:
+            tl.store(ptr + (row + tl.load(perm_k + t) * s_l), x.to(ptr.dtype.element_ty))
+        else:
+            inside = (row * 0 + t) < L
+            tl.store(ptr + (row + tl.load(perm_k + t, mask=t < L, other=0) * s_l), x.to(ptr.dtype.element_ty),
+                     mask=inside)
+
+    @triton.jit
+    def ld8_tokens(ptr, row, perm_k, t0, L, s_l, EVEN: tl.constexpr):
+        """(C, 2, 2, 2) fp32 tile of steps t0 .. t0+7 (step 4 a + 2 b + c) read at their tokens.
+
+        Eight (C,) loads, one a step, joined: a join adds an in-thread axis, so the tile has one
+        channel a lane and its steps in-thread. (A load shaped like the tile would be laid out along
+        the channels, the contiguous axis here, and converted through shared memory at every use.)
+        """
+        c0 = tl.join(tl.join(_ld1(ptr, row, perm_k, t0, L, s_l, EVEN), _ld1(ptr, row, perm_k, t0 + 4, L, s_l, EVEN)),
+                     tl.join(_ld1(ptr, row, perm_k, t0 + 2, L, s_l, EVEN), _ld1(ptr, row, perm_k, t0 + 6, L, s_l, EVEN)))
+        c1 = tl.join(tl.join(_ld1(ptr, row, perm_k, t0 + 1, L, s_l, EVEN), _ld1(ptr, row, perm_k, t0 + 5, L, s_l, EVEN)),
+                     tl.join(_ld1(ptr, row, perm_k, t0 + 3, L, s_l, EVEN), _ld1(ptr, row, perm_k, t0 + 7, L, s_l, EVEN)))
+        return tl.join(c0, c1)
+
+    @triton.jit
+    def st8_tokens(ptr, row, perm_k, t0, L, s_l, x, EVEN: tl.constexpr):
+        """Store a tile of :func:`ld8_tokens`'s layout at its steps' tokens."""
+        c0, c1 = tl.split(x)  # c = 0, 1: (C, a, b)
+        p0, p2 = tl.split(c0)  # (b, c) = (0, 0), (1, 0): (C, a)
+        p1, p3 = tl.split(c1)  # (0, 1), (1, 1)
+        s0, s4 = tl.split(p0)
+        s2, s6 = tl.split(p2)
+        s1, s5 = tl.split(p1)
+        s3, s7 = tl.split(p3)
+        _st1(ptr, row, perm_k, t0, L, s_l, s0, EVEN)
+        _st1(ptr, row, perm_k, t0 + 1, L, s_l, s1, EVEN)
+        _st1(ptr, row, perm_k, t0 + 2, L, s_l, s2, EVEN)
+        _st1(ptr, row, perm_k, t0 + 3, L, s_l, s3, EVEN)
+        _st1(ptr, row, perm_k, t0 + 4, L, s_l, s4, EVEN)
+        _st1(ptr, row, perm_k, t0 + 5, L, s_l, s5, EVEN)
+        _st1(ptr, row, perm_k, t0 + 6, L, s_l, s6, EVEN)
+        _st1(ptr, row, perm_k, t0 + 7, L, s_l, s7, EVEN)
+
+    @triton.jit
+    def _seq8(ptr, row, perm_k, t0, L, s_l, EVEN: tl.constexpr, XS: tl.constexpr):
+        # (32, 2, 2, 2) tile of steps t0 .. t0+7 of the lanes' sequences (rows start at row, (32,))
+        if XS:
+            return ld8_tokens(ptr, row, perm_k, t0, L, s_l, EVEN)
+        else:
+            q0, q1, m0, m1 = _steps8(t0, L)
+            return _ld8(ptr, row[:, None], q0, q1, m0, m1, EVEN)
+
+    @triton.jit
+    def _seq8_store(ptr, row, perm_k, t0, L, s_l, x, EVEN: tl.constexpr, XS: tl.constexpr):
+        # store a tile of :func:`_seq8`
+        if XS:
+            st8_tokens(ptr, row, perm_k, t0, L, s_l, x, EVEN)
+        else:
+            q0, q1, m0, m1 = _steps8(t0, L)
+            _st8(ptr, row[:, None], q0, q1, m0, m1, x, EVEN)
     @triton.jit
     def _ld8(ptr, row, p0, p1, m0, m1, EVEN: tl.constexpr):
         # (32, 2, 2, 2) fp32 tile of the 8 steps at offsets p0, p1 (two (1, 4) halves) past the lanes'
@@ -196,9 +252,10 @@ if HAS_TRITON:
         return tl.sum(tl.sum(tl.sum(x, axis=3), axis=2), axis=1)
 
     @triton.jit
-    def _dt(dl_ptr, row, p0, p1, m0, m1, mt, bias, SOFTPLUS: tl.constexpr, EVEN: tl.constexpr, ASM: tl.constexpr):
+    def _dt(dl_ptr, row, perm_k, t0, L, s_l, mt, bias, SOFTPLUS: tl.constexpr, EVEN: tl.constexpr,
+            ASM: tl.constexpr, XS: tl.constexpr):
         """Pre-softplus ``delta + bias`` and the step size ``dt`` (0 beyond L) of a sub-chunk."""
-        x = _ld8(dl_ptr, row, p0, p1, m0, m1, EVEN) + bias
+        x = _seq8(dl_ptr, row, perm_k, t0, L, s_l, EVEN, XS) + bias
         if SOFTPLUS:
             dt = _softplus(x, ASM)
         else:
@@ -232,9 +289,9 @@ if HAS_TRITON:
         kdir = d0 // Di
         k64 = kdir.to(tl.int64)
         dd = (offs_d - kdir * Di).to(tl.int64)
-        row_u = (b64 * su_b + k64 * su_k + dd * su_d)[:, None]  # (32, 1) row starts
-        row_d = (b64 * sd_b + k64 * sd_k + dd * sd_d)[:, None]
-        row_y = (b64 * sy_b + k64 * sy_k + dd * sy_d)[:, None]
+        row_u = b64 * su_b + k64 * su_k + dd * su_d  # (32,) row starts
+        row_d = b64 * sd_b + k64 * sd_k + dd * sd_d
+        row_y = b64 * sy_b + k64 * sy_k + dd * sy_d
         perm_k = perm_ptr + kdir * L
         zero = (lane * 0)[:, None]  # B / C rows: every lane reads the same steps
         tt = (4 * tl.arange(0, 2)[:, None, None] + 2 * tl.arange(0, 2)[None, :, None]
@@ -270,10 +327,9 @@ if HAS_TRITON:
             for s in range(ks - 1):
                 t0 = c * CHUNK + s * TB
                 mt = ((t0 + tt) < L) | EVEN
-                p0, p1, m0, m1 = _pos8(perm_k, t0, L, s_l, EVEN, XS)
-                q0, q1, _m0, _m1 = _steps8(t0, L)
-                x8, dt8 = _dt(dl_ptr, row_d, p0, p1, m0, m1, mt, bias, SOFTPLUS, EVEN, ASM)
-                dtu8 = dt8 * _ld8(u_ptr, row_u, p0, p1, m0, m1, EVEN)
+                q0, q1, m0, m1 = _steps8(t0, L)
+                x8, dt8 = _dt(dl_ptr, row_d, perm_k, t0, L, s_l, mt, bias, SOFTPLUS, EVEN, ASM, XS)
+                dtu8 = dt8 * _seq8(u_ptr, row_u, perm_k, t0, L, s_l, EVEN, XS)
                 for n in range(NP):
                     nm = ((lane * 0 + n) < N) | EVEN
                     A2 = tl.load(A_ptr + offs_d * N + n, mask=nm, other=0.0).to(tl.float32) * LOG2E
@@ -288,11 +344,10 @@ if HAS_TRITON:
                 s = ks - 1 - si
                 t0 = c * CHUNK + s * TB
                 mt = ((t0 + tt) < L) | EVEN
-                p0, p1, m0, m1 = _pos8(perm_k, t0, L, s_l, EVEN, XS)
-                q0, q1, _m0, _m1 = _steps8(t0, L)
-                u8 = _ld8(u_ptr, row_u, p0, p1, m0, m1, EVEN)
-                x8, dt8 = _dt(dl_ptr, row_d, p0, p1, m0, m1, mt, bias, SOFTPLUS, EVEN, ASM)
-                dy8 = _ld8(dy_ptr, row_y, p0, p1, m0, m1, EVEN)
+                q0, q1, m0, m1 = _steps8(t0, L)
+                u8 = _seq8(u_ptr, row_u, perm_k, t0, L, s_l, EVEN, XS)
+                x8, dt8 = _dt(dl_ptr, row_d, perm_k, t0, L, s_l, mt, bias, SOFTPLUS, EVEN, ASM, XS)
+                dy8 = _seq8(dy_ptr, row_y, perm_k, t0, L, s_l, EVEN, XS)
                 dtu8 = dt8 * u8
                 acc_dtu = tl.zeros_like(dt8)  # d loss / d (dt u)
                 acc_ddt = tl.zeros_like(dt8)  # d loss / d dt through the decay
@@ -345,8 +400,8 @@ if HAS_TRITON:
                 ddl8 = tl.where(mt, ddl8, 0.0)
                 if HAS_BIAS:
                     db_acc += _tsum(ddl8)
-                _st8(du_ptr, row_d, p0, p1, m0, m1, du8, EVEN)
-                _st8(ddl_ptr, row_d, p0, p1, m0, m1, ddl8, EVEN)
+                _seq8_store(du_ptr, row_d, perm_k, t0, L, s_l, du8, EVEN, XS)
+                _seq8_store(ddl_ptr, row_d, perm_k, t0, L, s_l, ddl8, EVEN, XS)
         if HAS_D:
             tl.store(dD_ptr + b64 * Dm + offs_d, dD_acc)
         if HAS_BIAS:

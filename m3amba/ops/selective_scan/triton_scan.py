@@ -80,6 +80,8 @@ try:  # Triton is optional: without it the module imports and the backend is uns
     import triton
     import triton.language as tl
 
+    from .triton_bwd_lane import ld8_tokens, st8_tokens
+
     HAS_TRITON = True
 except Exception:  # pragma: no cover - depends on the environment
     triton = None
@@ -209,16 +211,6 @@ if HAS_TRITON:
         return _dt_of(_ld(dl_ptr, off2, k2, t0, L, J, V), mt, bias, HAS_BIAS, SOFTPLUS)
 
     @triton.jit
-    def _seq_pos(perm_ptr, t, mt, XS: tl.constexpr):
-        """Where step ``t`` of a program's sequence is stored: ``t`` itself, or (``XS``, the 2-D
-        cross-scan) the row-major token that the program's direction visits at step ``t``, read from
-        a small int32 table (the same few hundred bytes for every program: it stays in L1)."""
-        if XS:
-            return tl.load(perm_ptr + t, mask=mt, other=0)
-        else:
-            return t
-
-    @triton.jit
     def _scan_tile(h, A2, dt, dtu, tt, t0, L, Bp, Cp, sBl, sCl, offs_n, mask_n,
                    T: tl.constexpr, WITH_Y: tl.constexpr):
         """Advance h (BD, NP) over the T steps of a tile; optionally return the y tile."""
@@ -261,9 +253,11 @@ if HAS_TRITON:
         kdir = d0 // Di
         k64 = kdir.to(tl.int64)
         dd = (offs_d - kdir * Di).to(tl.int64)
-        row_u = (b64 * su_b + k64 * su_k + dd * su_d)[:, None]  # (BD, 1)
-        row_d = (b64 * sd_b + k64 * sd_k + dd * sd_d)[:, None]
-        perm_k = perm_ptr + kdir * L
+        row_u1 = b64 * su_b + k64 * su_k + dd * su_d  # (BD,)
+        row_d1 = b64 * sd_b + k64 * sd_k + dd * sd_d
+        row_u = row_u1[:, None]  # (BD, 1)
+        row_d = row_d1[:, None]
+        perm_k = perm_ptr + kdir * L  # XS: this direction's (L,) int32 tokens
         tt = tl.arange(0, V)[None, :]  # (1, V)
         T: tl.constexpr = J * V
 
@@ -286,17 +280,24 @@ if HAS_TRITON:
             for jj in tl.static_range(J):
                 t0 = it * T + jj * V
                 mt = (t0 + tt) < L
-                p = _seq_pos(perm_k, t0 + tt, mt, XS) * s_l  # (1, V)
-                u = tl.load(u_ptr + (row_u + p), mask=mt, other=0.0).to(tl.float32)
-                x, dt = _dt_of(tl.load(dl_ptr + (row_d + p), mask=mt, other=0.0).to(tl.float32), mt, bias,
-                               HAS_BIAS, SOFTPLUS)
+                if XS:  # V == 8: the steps gathered at their tokens, one channel a lane (see ld8_tokens)
+                    u = tl.reshape(ld8_tokens(u_ptr, row_u1, perm_k, t0, L, s_l, False), (BD, V))
+                    xr = tl.reshape(ld8_tokens(dl_ptr, row_d1, perm_k, t0, L, s_l, False), (BD, V))
+                else:
+                    p = (t0 + tt) * s_l  # (1, V)
+                    u = tl.load(u_ptr + (row_u + p), mask=mt, other=0.0).to(tl.float32)
+                    xr = tl.load(dl_ptr + (row_d + p), mask=mt, other=0.0).to(tl.float32)
+                x, dt = _dt_of(xr, mt, bias, HAS_BIAS, SOFTPLUS)
                 h, y = _scan_tile(h, A2, dt, dt * u, tt, t0, L, Bp, Cp, sBl, sCl, offs_n, mask_n, V, True)
                 if HAS_D:
                     y += Dv * u
-                if HAS_Z:
-                    zv = tl.load(z_ptr + (row_u + p), mask=mt, other=0.0).to(tl.float32)
+                if HAS_Z:  # never with XS
+                    zv = tl.load(z_ptr + (row_u + (t0 + tt) * s_l), mask=mt, other=0.0).to(tl.float32)
                     y = y * zv * _sigmoid(zv)
-                tl.store(y_ptr + (row_d + p), y.to(y_ptr.dtype.element_ty), mask=mt)
+                if XS:
+                    st8_tokens(y_ptr, row_d1, perm_k, t0, L, s_l, tl.reshape(y, (BD, 2, 2, 2)), False)
+                else:
+                    tl.store(y_ptr + (row_d + (t0 + tt) * s_l), y.to(y_ptr.dtype.element_ty), mask=mt)
         _scatter_state(hl_ptr + b64 * Dm * N, h, offs_d, offs_n, N, 1, N, NP)
 
     @triton.jit
@@ -499,6 +500,8 @@ def _fwd_impl(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk, block_
     if layout is None:
         u, delta = u.contiguous(), delta.contiguous()
         layout = plain_layout(dim, length)
+    elif layout.perm is not None and (z is not None or v != 8):
+        raise ValueError("selective_scan_triton: the 2-D cross-scan layout takes no gate and needs v=8")
     A = A.contiguous()
     Bt = B.transpose(-1, -2).contiguous()  # (batch, G, L, N): N contiguous per step
     Ct = C.transpose(-1, -2).contiguous()
