@@ -3,7 +3,8 @@
 Both read channels-last features (B, H, W, D) and return the same shape. The input is
 projected to an SSM branch u and a gate (in_proj), u goes through a depthwise 3x3 conv +
 SiLU, is unfolded into four scan directions, scanned with input-dependent (Δ, B, C), merged
-back, normalised, gated by SiLU(gate) and projected out.
+back, normalised, gated by SiLU(gate) and projected out. Unfold, scan and merge are one call,
+:func:`m3amba.ops.selective_scan.scan2d.selective_scan_2d` (fused kernels on CUDA).
 
 Cross-SS2D is the paper's cross-attention between a modality stream s and the fused stream
 z: both are projected with the shared in_proj and conv, but the scan of s uses the mean of the

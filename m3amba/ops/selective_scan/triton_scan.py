@@ -46,6 +46,12 @@ no fp32-atomic contention on the same ``(n, t)`` from the ``Dm / G /
 BLOCK_D`` blocks of a group, and the extra traffic is small (``N / BLOCK_D``
 of the size of ``u``).
 
+Memory layout: both kernels address ``u``, ``delta``, ``y``/``dy`` and the gradients through a
+:class:`._layout.SeqLayout` (strides, and optionally a table of where each step is stored). The
+plain layout is contiguous ``(batch, Dm, L)``; :mod:`.triton_scan2d` reads the four directions of the
+2-D cross-scan straight from one channels-last map, gathering each step as a vector of one value a
+channel (:func:`.triton_bwd_lane.ld8_tokens`).
+
 Custom ops ``m3amba::selective_scan_fwd`` / ``m3amba::selective_scan_bwd``
 (with fake implementations) wrap the kernels, so ``torch.compile`` treats
 them as opaque nodes without graph breaks; :class:`SelectiveScanTritonFn`
