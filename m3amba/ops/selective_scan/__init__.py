@@ -7,8 +7,11 @@ Use :func:`selective_scan_fn`; it dispatches to a registered backend:
 * ``"reference"`` – the sequential definition, used to test the others;
 * ``"mamba"`` – mamba-ssm's CUDA kernel, when its extension can be imported;
 * ``"triton"`` – fused Triton kernels (CUDA; the default there);
-* ``"triton_mamba"`` – the Triton forward with mamba-ssm's backward (CUDA, both needed;
-  less memory in training than ``"triton"``, which saves a state every 64 steps).
+* ``"triton_mamba"`` – the Triton forward with mamba-ssm's backward (CUDA, both needed; it keeps
+  no states for the backward, where ``"triton"`` saves one every 64 steps).
+
+SS2D calls :func:`.scan2d.selective_scan_2d`, which runs fused 2-D kernels with ``"triton"`` and the
+composition (cross-scan, :func:`selective_scan_fn`, merge) with every other backend.
 
 Other modules add GPU kernels with :func:`register_backend`.  Choose a
 backend per call (``backend=``), per block (:func:`use_backend`) or per
