@@ -20,6 +20,11 @@ in one thread and need no communication.
   (its value leaving the sub-chunk is carried in a per-state scratch slot), and accumulate the
   per-channel gradients (``du``, ``d delta``, ``dA``, ``dD``, bias).
 
+Where ``u``, ``delta``, ``dy`` and the gradients live is a :class:`._layout.SeqLayout`: contiguous
+``(batch, Dm, L)`` rows (tiles loaded as two 4-step halves), or the 2-D cross-scan of
+:mod:`.triton_scan2d`, whose steps are gathered at their tokens one step at a time
+(:func:`ld8_tokens`), 32 adjacent channels a load.
+
 ``dB_t[n]`` and ``dC_t[n]`` are sums over the channels of a group, i.e. over the lanes. The 16
 values a lane holds per state and sub-chunk (8 steps of each) are summed with a transposed
 butterfly: at each of the five levels a lane keeps half of its values and adds its partner's
@@ -193,6 +198,7 @@ if HAS_TRITON:
         else:
             q0, q1, m0, m1 = _steps8(t0, L)
             _st8(ptr, row[:, None], q0, q1, m0, m1, x, EVEN)
+
     @triton.jit
     def _ld8(ptr, row, p0, p1, m0, m1, EVEN: tl.constexpr):
         # (32, 2, 2, 2) fp32 tile of the 8 steps at offsets p0, p1 (two (1, 4) halves) past the lanes'
