@@ -19,7 +19,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ..cross_scan import NUM_DIRECTIONS, cross_merge_channels_last, cross_scan, cross_scan_channels_last, reorder_directions
+from ..cross_scan import (
+    NUM_DIRECTIONS,
+    cross_merge_channels_last,
+    cross_scan,
+    cross_scan_channels_last,
+    reorder_directions,
+)
 from ._dispatch import resolve_backend, selective_scan_fn
 
 __all__ = ["FUSED_ENV_VAR", "cross_scan_positions", "selective_scan_2d"]
