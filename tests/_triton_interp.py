@@ -15,6 +15,22 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+#: the shared start of an interpreter script (argv: repo root, test file): checks the interpreter is on,
+#: makes the repository and the tests importable, patches the interpreter and imports ``torch`` and
+#: ``triton_scan``, or reports a skip when Triton cannot be imported
+SCRIPT_PREAMBLE = """
+import json, os, sys
+assert os.environ.get("TRITON_INTERPRET") == "1"
+sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, os.path.dirname(sys.argv[2]))
+import torch
+from _triton_interp import patch_interpreter
+patch_interpreter()
+from m3amba.ops.selective_scan import triton_scan
+if not triton_scan.HAS_TRITON:
+    print(json.dumps({"skip": "triton not importable"})); sys.exit(0)
+"""
+
 
 def patch_interpreter() -> None:
     """Work around Triton <= 3.6's interpreter and NumPy >= 2.3.

@@ -19,6 +19,17 @@ TINY_ARGS = dict(embed_dim=16, depth=1, img_size=8)
 
 
 @pytest.fixture
+def poisoned():
+    """Fill every output buffer of the Triton scan kernels with NaN before they run (unwritten elements show)."""
+    from m3amba.ops.selective_scan import triton_scan
+
+    old = triton_scan.POISON_OUTPUTS
+    triton_scan.POISON_OUTPUTS = True
+    yield
+    triton_scan.POISON_OUTPUTS = old
+
+
+@pytest.fixture
 def tiny_clip():
     return dict(TINY_CLIP)
 

@@ -12,9 +12,10 @@ import textwrap
 import pytest
 import torch
 
-from _triton_interp import run_under_interpreter
+from _triton_interp import SCRIPT_PREAMBLE, run_under_interpreter
 from m3amba.ops.cross_scan import cross_scan
 from m3amba.ops.selective_scan.scan2d import FUSED_ENV_VAR, cross_scan_positions, selective_scan_2d
+from test_selective_scan_triton import rel_err
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -51,11 +52,6 @@ def output_and_grads(fn, inputs, dtype=None):
     return {"y": y, **{f"grad_{k}": gr for k, gr in zip(names, grads)}}
 
 
-def rel_err(a, b) -> float:
-    a, b = a.double(), b.double().to(a.device)
-    return ((a - b).norm() / b.norm().clamp_min(1e-300)).item()
-
-
 # ----------------------------------------------------------------------------- CPU
 
 
@@ -88,18 +84,8 @@ def test_composition_is_what_the_backends_compute() -> None:
     torch.testing.assert_close(selective_scan_2d(**x, backend="torch", fused=False), ref, rtol=1e-10, atol=1e-10)
 
 
-_INTERPRETER_SCRIPT = textwrap.dedent(
+_INTERPRETER_SCRIPT = SCRIPT_PREAMBLE + textwrap.dedent(
     """
-    import json, os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    sys.path.insert(0, sys.argv[1])
-    sys.path.insert(0, os.path.dirname(sys.argv[2]))
-    import torch
-    from _triton_interp import patch_interpreter
-    patch_interpreter()
-    from m3amba.ops.selective_scan import triton_scan
-    if not triton_scan.HAS_TRITON:
-        print(json.dumps({"skip": "triton not importable"})); sys.exit(0)
     from test_scan2d import make_inputs, output_and_grads, rel_err
     from m3amba.ops.selective_scan.scan2d import cross_scan_positions, selective_scan_2d
     from m3amba.ops.selective_scan.triton_scan2d import selective_scan_2d_triton
@@ -136,16 +122,6 @@ def test_fused_kernels_under_interpreter(tmp_path) -> None:
 # ----------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
-
-
-@pytest.fixture
-def poisoned():
-    from m3amba.ops.selective_scan import triton_scan
-
-    old = triton_scan.POISON_OUTPUTS
-    triton_scan.POISON_OUTPUTS = True
-    yield
-    triton_scan.POISON_OUTPUTS = old
 
 
 SHAPES = [  # batch, H, W, Di, N, R

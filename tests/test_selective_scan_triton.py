@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import pytest
 import torch
 
-from _triton_interp import run_under_interpreter
+from _triton_interp import SCRIPT_PREAMBLE, run_under_interpreter
 from m3amba.ops.selective_scan import available_backends, selective_scan_fn
 
 ARG_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -87,17 +87,6 @@ def rel_err(a, b) -> float:
 # ----------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.skipif(not (HAS_CUDA and HAS_TRITON), reason="needs a CUDA device and triton")
-
-
-@pytest.fixture
-def poisoned():
-    """Fill every output buffer of the Triton kernels with NaN before they run."""
-    from m3amba.ops.selective_scan import triton_scan
-
-    old = triton_scan.POISON_OUTPUTS
-    triton_scan.POISON_OUTPUTS = True
-    yield
-    triton_scan.POISON_OUTPUTS = old
 
 
 SHAPES = [  # batch, Dm, L, N, G
@@ -276,22 +265,8 @@ def test_triton_bwd_kernel_argument_checked() -> None:
     assert not lane_bwd_supported(64, 4, 4, False, 64)  # 16 channels a group
     assert not lane_bwd_supported(128, 4, 4, False, 20)  # chunk not a multiple of 8
 
-# shared start of the interpreter scripts (argv: repo root, this file)
-_SCRIPT_PREAMBLE = textwrap.dedent(
-    """
-    import json, os, sys
-    assert os.environ.get("TRITON_INTERPRET") == "1"
-    sys.path.insert(0, sys.argv[1])
-    sys.path.insert(0, os.path.dirname(sys.argv[2]))
-    import torch
-    from test_selective_scan_triton import ARG_NAMES, make_inputs, rel_err
-    from m3amba.ops.selective_scan import triton_scan
-    from _triton_interp import patch_interpreter
-    patch_interpreter()
-    if not triton_scan.HAS_TRITON:
-        print(json.dumps({"skip": "triton not importable"})); sys.exit(0)
-    """
-)
+# shared start of this file's interpreter scripts
+_SCRIPT_PREAMBLE = SCRIPT_PREAMBLE + "from test_selective_scan_triton import ARG_NAMES, make_inputs, rel_err\n"
 
 _INTERPRETER_SCRIPT = _SCRIPT_PREAMBLE + textwrap.dedent(
     """

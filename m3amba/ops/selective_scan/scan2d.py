@@ -105,7 +105,7 @@ def selective_scan_2d(
     if name == "triton" and _fused_allowed(fused):
         from .triton_scan2d import scan2d_triton_supported, selective_scan_2d_triton
 
-        if scan2d_triton_supported(feats, NUM_DIRECTIONS, A.shape[1]):
+        if scan2d_triton_supported(feats, NUM_DIRECTIONS):
             # Δ per direction and token: (B, 4, L, R) @ (4, R, Di) -> (B, 4, L, Di)
             dts = torch.matmul(dt_low.transpose(-1, -2), dt_weight.transpose(-1, -2).to(dt_low.dtype))
             return selective_scan_2d_triton(feats, dts, A, Bs, Cs, D, delta_bias,

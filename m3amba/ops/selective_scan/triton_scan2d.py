@@ -29,7 +29,7 @@ from .triton_scan import CHUNK_DEFAULT, FWD_DEFAULTS, HAS_TRITON, _alloc, _fwd_i
 __all__ = ["scan2d_triton_supported", "selective_scan_2d_triton"]
 
 
-def scan2d_triton_supported(feats: Tensor, directions: int, dstate: int) -> bool:
+def scan2d_triton_supported(feats: Tensor, directions: int) -> bool:
     """Whether the fused kernels serve a 2-D scan of ``feats`` (``(B, H, W, Di)``)."""
     di = feats.shape[-1]
     return (
@@ -37,7 +37,6 @@ def scan2d_triton_supported(feats: Tensor, directions: int, dstate: int) -> bool
         and feats.is_cuda
         and feats.dtype != torch.float64
         and lane_bwd_supported(directions * di, directions, directions, False, CHUNK_DEFAULT)
-        and dstate <= 256
     )
 
 
